@@ -1,0 +1,33 @@
+"""ecsnap: in-memory, erasure-coded snapshots of PyTorch training state.
+
+snap = ecsnap.Snapshotter()
+step = snap.restore(app_state)      # newest step every rank holds, loaded in place (or None)
+h = snap.save(step, app_state)      # returns at once; the copy runs in the background
+h.wait(); h.wait_protected()
+"""
+
+from ecsnap.errors import (
+    ChecksumError,
+    EcsnapError,
+    MemoryLimitError,
+    RestoreError,
+    SMPUnavailableError,
+    SnapshotError,
+)
+from ecsnap.handle import SaveHandle
+from ecsnap.rng import RNGState
+from ecsnap.snapshotter import Snapshotter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError",
+    "EcsnapError",
+    "MemoryLimitError",
+    "RNGState",
+    "RestoreError",
+    "SMPUnavailableError",
+    "SaveHandle",
+    "Snapshotter",
+    "SnapshotError",
+]

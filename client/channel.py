@@ -1,0 +1,94 @@
+"""Request/response over the SMP's control socket (zmq DEALER), with timeouts and clear errors.
+
+A channel belongs to one thread at a time (zmq sockets are not thread-safe; a lock enforces it).
+Replies are matched by request id, so a late answer to a timed-out request is discarded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+from ecsnap.errors import (
+    ChecksumError,
+    MemoryLimitError,
+    SMPUnavailableError,
+    SnapshotError,
+)
+
+from smp._proto import control_pb2 as pb
+
+_ERRORS: dict[int, type[SnapshotError]] = {
+    pb.MEMORY_LIMIT: MemoryLimitError,
+    pb.STORE_FULL: MemoryLimitError,
+    pb.CHECKSUM_MISMATCH: ChecksumError,
+}
+
+
+class Channel:
+    def __init__(self, socket_path: str, job_id: str, timeout: float) -> None:
+        self.socket_path = socket_path
+        self.job_id = job_id
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._sock: zmq.Socket[bytes] | None = None
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"ipc://{self.socket_path}")
+            self._sock = sock
+        return self._sock
+
+    def call(self, kind: str, timeout: float | None = None, **fields: Any) -> Any:
+        """Send one request whose body is `kind` (a Request oneof field); return that reply body."""
+        request = pb.Request(request_id=next(self._ids), job_id=self.job_id)
+        getattr(request, kind).CopyFrom(getattr(pb, _message_name(kind))(**fields))
+        limit = self.timeout if timeout is None else timeout
+        with self._lock:
+            if not os.path.exists(self.socket_path):
+                raise SMPUnavailableError(
+                    f"no SMP socket at {self.socket_path}: start the node's SMP (`smp serve "
+                    f"--socket {self.socket_path}` or `smp launch`), or point $ECSNAP_SOCKET at it"
+                )
+            sock = self._socket()
+            sock.send(request.SerializeToString())
+            deadline = time.monotonic() + limit
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                    self._reset()
+                    raise SMPUnavailableError(
+                        f"the SMP at {self.socket_path} did not answer {kind} within {limit:g}s: "
+                        "is it running (`smp status`)?"
+                    )
+                response = pb.Response()
+                response.ParseFromString(sock.recv())
+                if response.request_id == request.request_id:
+                    break
+        if response.HasField("error"):
+            code = response.error.code
+            raise _ERRORS.get(code, SnapshotError)(
+                f"SMP at {self.socket_path}: {response.error.message}", pb.ErrorCode.Name(code)
+            )
+        return getattr(response, kind)
+
+    def _reset(self) -> None:
+        # A fresh socket drops queued requests and replies of a dead or restarted SMP.
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+
+def _message_name(kind: str) -> str:
+    return "".join(part.capitalize() for part in kind.split("_")) + "Request"

@@ -1,0 +1,119 @@
+"""A small deterministic training job used by the demo and the tests (one process per rank).
+
+Dropout (so RNG restore matters), Adam, DDP over gloo, and a per-rank parameter that differs between
+ranks (as a sharded optimizer would have). Every step is snapshotted. With --die-at-step the rank
+SIGKILLs itself right after `save()` returns, while that save's copy is still in flight.
+
+Outputs in --out: rank<R>.losses.jsonl (step, loss as float.hex), rank<R>.restore.json and
+rank<R>.final.pt (parameters and optimizer state at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import ecsnap
+
+
+class DataCursor:
+    """Deterministic synthetic batches; the position is part of the snapshot (a data loader's)."""
+
+    def __init__(self, seed: int, rank: int, batch: int, features: int) -> None:
+        self.seed, self.rank, self.batch, self.features = seed, rank, batch, features
+        self.position = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + self.position)
+        self.position += 1
+        x = torch.randn(self.batch, self.features, generator=g)
+        y = x[:, :1].sin() + 0.1 * torch.randn(self.batch, 1, generator=g)
+        return x, y
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+def build(rank: int, hidden: int, shard_size: int) -> tuple[nn.Module, nn.Parameter]:
+    torch.manual_seed(1234)  # identical initial model on every rank
+    model = nn.Sequential(
+        nn.Linear(32, hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Dropout(0.1), nn.Linear(hidden, 1),
+    )
+    shard = nn.Parameter(torch.randn(shard_size, generator=torch.Generator().manual_seed(rank)))
+    return model, shard
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--out", required=True)
+    p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=1 << 20)
+    args = p.parse_args(argv)
+
+    torch.use_deterministic_algorithms(True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, shard = build(rank, args.hidden, args.shard_size)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
+    data = DataCursor(seed=7, rank=rank, batch=16, features=32)
+    torch.manual_seed(99 + rank)  # per-rank dropout stream
+    app_state: dict[str, Any] = {"model": model, "shard": shard, "optim": optim, "data": data,
+                                 "rng": ecsnap.RNGState(), "meta": {"note": "demo"}}
+
+    snap = ecsnap.Snapshotter()
+    t0 = time.perf_counter()
+    restored = snap.restore(app_state)
+    restore_s = time.perf_counter() - t0
+    (out / f"rank{rank}.restore.json").write_text(json.dumps(
+        {"step": restored, "seconds": restore_s, "pid": os.getpid()}))
+    start = 0 if restored is None else restored + 1
+
+    handle = None
+    with (out / f"rank{rank}.losses.jsonl").open("a") as losses:
+        for step in range(start, args.steps):
+            x, y = data.next_batch()
+            loss = nn.functional.mse_loss(net(x), y) + 1e-3 * (shard.float() ** 2).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses.write(json.dumps({"step": step, "loss": loss.item().hex()}) + "\n")
+            losses.flush()
+            handle = snap.save(step, app_state)
+            if step == args.die_at_step:
+                print(f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
+                      file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+    if handle is not None:
+        handle.wait_protected(timeout=60)
+    torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "shard": shard.detach()},
+               out / f"rank{rank}.final.pt")
+    snap.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

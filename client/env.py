@@ -1,0 +1,75 @@
+"""Where this process sits in the job: torchrun's environment, ecsnap's own variables.
+
+Precedence: explicit constructor arguments < nothing else; absent arguments come from
+$ECSNAP_JOB / $TORCHELASTIC_RUN_ID and $ECSNAP_SOCKET, then the documented defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from smp import defaults
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    num_nodes: int = 1
+    restart_count: int = 0
+    hostname: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"RANK={self.rank} is not within WORLD_SIZE={self.world_size}")
+        if not 0 <= self.local_rank < self.local_world_size:
+            raise ValueError(
+                f"LOCAL_RANK={self.local_rank} is not within "
+                f"LOCAL_WORLD_SIZE={self.local_world_size}"
+            )
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> RankEnv:
+        env = os.environ if env is None else env
+        rank = _int(env, "RANK", 0)
+        world = _int(env, "WORLD_SIZE", 1)
+        local_world = _int(env, "LOCAL_WORLD_SIZE", 1 if "RANK" not in env else world)
+        local_rank = _int(env, "LOCAL_RANK", rank % max(local_world, 1))
+        node = _int(env, "GROUP_RANK", rank // max(local_world, 1))
+        nodes = max(1, -(-world // max(local_world, 1)))
+        return cls(
+            rank,
+            world,
+            local_rank,
+            local_world,
+            node,
+            nodes,
+            _int(env, "TORCHELASTIC_RESTART_COUNT", 0),
+            socket.gethostname(),
+        )
+
+
+def job_id_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return explicit or env.get(defaults.ENV_JOB) or env.get("TORCHELASTIC_RUN_ID") or "default"
+
+
+def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return explicit or env.get(defaults.ENV_SOCKET) or defaults.default_socket()

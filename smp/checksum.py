@@ -1,0 +1,54 @@
+"""Per-chunk checksums of arena bytes (xxh3-64, ~15 GB/s on one core here).
+
+A snapshot is cut into fixed-size chunks and each chunk gets its own checksum, so a damaged chunk
+is located precisely (and, with parity, can be treated as an erasure rather than failing restore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import xxhash
+
+from smp._proto import snapshot_pb2
+from smp.defaults import CHECKSUM_CHUNK
+
+ALGORITHM = "xxh3_64"
+
+
+@dataclass(frozen=True)
+class Checksums:
+    chunk_size: int
+    values: tuple[int, ...]
+
+    def to_proto(self) -> snapshot_pb2.Checksums:
+        return snapshot_pb2.Checksums(
+            algorithm=ALGORITHM, chunk_size=self.chunk_size, values=self.values
+        )
+
+    @classmethod
+    def from_proto(cls, msg: snapshot_pb2.Checksums) -> Checksums:
+        if msg.algorithm != ALGORITHM or msg.chunk_size <= 0:
+            raise ValueError(f"unsupported checksums ({msg.algorithm!r}, chunk {msg.chunk_size})")
+        return cls(msg.chunk_size, tuple(msg.values))
+
+
+def compute(data: memoryview, chunk_size: int = CHECKSUM_CHUNK) -> Checksums:
+    """Checksum every `chunk_size` piece of `data` (the last one may be shorter)."""
+    return Checksums(
+        chunk_size,
+        tuple(
+            xxhash.xxh3_64_intdigest(data[start : start + chunk_size])
+            for start in range(0, len(data), chunk_size)
+        ),
+    )
+
+
+def mismatches(data: memoryview, expected: Checksums) -> list[int]:
+    """Indices of the chunks of `data` whose checksum differs from `expected`."""
+    actual = compute(data, expected.chunk_size)
+    if len(actual.values) != len(expected.values):
+        return list(range(max(len(actual.values), len(expected.values))))
+    return [
+        i for i, (a, b) in enumerate(zip(actual.values, expected.values, strict=True)) if a != b
+    ]

@@ -1,0 +1,147 @@
+"""Command line of the SMP: `smp serve`, `smp status`, `smp bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from smp import __version__, defaults
+from smp.config import ServeConfig, parse_size
+from smp.errors import ConfigError, SmpError
+
+logger = logging.getLogger("smp")
+
+
+def _socket_default() -> str:
+    import os
+
+    return (
+        os.environ.get(defaults.ENV_SMP_SOCKET)
+        or os.environ.get(defaults.ENV_SOCKET)
+        or defaults.default_socket()
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smp", description="ecsnap snapshot management process")
+    parser.add_argument("--version", action="version", version=f"smp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon (one per node)")
+    serve.add_argument(
+        "--socket",
+        help=f"control socket path (env {defaults.ENV_SMP_SOCKET}; "
+        f"default {defaults.default_socket()})",
+    )
+    serve.add_argument(
+        "--store-dir",
+        help=f"arena directory, ideally tmpfs (env "
+        f"{defaults.ENV_SMP_STORE_DIR}; default "
+        f"{defaults.default_store_dir()})",
+    )
+    serve.add_argument("--host", help="gRPC bind address (env SMP_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port, 0 = any free (env SMP_PORT)")
+    serve.add_argument(
+        "--memory-limit",
+        help="max arena bytes, e.g. 64G (env SMP_MEMORY_LIMIT; default: the store's free space)",
+    )
+    serve.add_argument(
+        "--codec",
+        choices=["auto", "isal", "numpy"],
+        help="erasure-coding engine (env SMP_CODEC; default auto)",
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SMP_LOG_LEVEL)")
+
+    status = sub.add_parser("status", help="show what a running SMP holds")
+    status.add_argument("--socket", default=None, help="control socket of the SMP")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    from smp.codec import bench as codec_bench
+
+    codec_bench.add_arguments(bench_sub.add_parser("codec", help="erasure codec throughput"))
+    local = bench_sub.add_parser("local", help="save/restore vs torch.save/torch.load (torch)")
+    local.add_argument("--size", default="1G", help="state size (default 1G of float32)")
+    local.add_argument("--repeats", type=int, default=3)
+    local.add_argument("--dir", default=None, help="where torch.save writes (default: a tmp dir)")
+    local.add_argument("--json", default=None, help="write raw results here")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from smp.daemon import Daemon
+
+    flags = {
+        k: getattr(args, k)
+        for k in ("socket", "store_dir", "host", "port", "memory_limit", "codec", "log_level")
+    }
+    config = ServeConfig.from_sources(flags)
+    logging.getLogger().setLevel(config.log_level.upper())
+    daemon = Daemon(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()  # only set the event: shutdown runs in the main thread
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+        daemon.wait(stop)
+    finally:
+        daemon.stop()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from smp import report
+
+    path = args.socket or _socket_default()
+    try:
+        status = report.fetch_status(path, args.timeout)
+    except report.NotAnswering as exc:
+        print(f"smp status: {exc}", file=sys.stderr)
+        return 2
+    print(report.to_json(status) if args.json else report.render(status))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "codec":
+        from smp.codec import bench as codec_bench
+
+        return codec_bench.run(args)
+    try:
+        from ecsnap import bench as local_bench  # the trainer library: needs torch
+    except ImportError as exc:
+        print(
+            f"smp bench local needs the trainer library and torch ({exc}): "
+            "pip install 'ecsnap[torch]'",
+            file=sys.stderr,
+        )
+        return 2
+    return local_bench.run_local(parse_size(args.size), args.repeats, args.dir, args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "status":
+            return _status(args)
+        return _bench(args)
+    except (ConfigError, SmpError) as exc:
+        print(f"smp {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,148 @@
+"""The SMP daemon: wires the store, the service, the control server and the peer server together.
+
+Lifecycle: `start()` checks the settings and the store, re-adopts snapshots an earlier daemon left,
+binds both servers and logs the addresses actually bound; `stop()` is ordered (stop accepting
+local requests, drain the gRPC server, finish background work, release arenas) and idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from smp import __version__, codec
+from smp._proto import control_pb2 as pb
+from smp.config import ServeConfig, format_size
+from smp.control import ControlServer
+from smp.errors import ConfigError
+from smp.peer import PeerServer, PeerServicer
+from smp.service import SnapshotService
+from smp.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.node_id = socket.gethostname()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-work")
+        self.store: Store | None = None
+        self.control: ControlServer | None = None
+        self.peer: PeerServer | None = None
+        self.engine = ""
+
+    def start(self) -> None:
+        cfg = self.config
+        if socket_is_served(cfg.socket):
+            raise ConfigError(
+                f"another SMP is already serving {cfg.socket}: stop it first "
+                "(`smp status --socket ...` shows it) or choose another --socket"
+            )
+        self.engine = codec.Codec(2, 1, engine=cfg.codec).engine
+        self.store = Store(cfg.store_dir, cfg.memory_limit)
+        service = SnapshotService(self.store, self._executor)
+        kept = service.adopt(self.store.adopt_all())
+        if kept:
+            logger.info("re-adopted %d complete snapshots from %s", kept, cfg.store_dir)
+        servicer = PeerServicer(service, self.node_id, self.engine)
+        self.peer = PeerServer(servicer, cfg.host, cfg.port)
+        self.control = ControlServer(service, cfg.socket, self.status)
+        self._service = service
+        self.peer.start()
+        self.control.start()
+        logger.info(
+            "SMP %s (pid %d) serving: control ipc://%s, gRPC %s, store %s, memory limit %s, "
+            "codec engine %s",
+            __version__,
+            os.getpid(),
+            cfg.socket,
+            self.peer.address,
+            cfg.store_dir,
+            format_size(self.store.memory_limit),
+            self.engine,
+        )
+
+    def status(self) -> pb.StatusResponse:
+        assert self.store is not None and self.peer is not None
+        now = time.time()
+        resp = pb.StatusResponse(
+            version=__version__,
+            pid=os.getpid(),
+            socket=self.config.socket,
+            store_dir=str(self.store.root),
+            grpc_address=self.peer.address,
+            memory_limit=self.store.memory_limit,
+            memory_used=self.store.used,
+            store_free=self.store.free_bytes(),
+            codec_engine=self.engine,
+            uptime_s=now - self.started,
+        )
+        for job in self._service.jobs():
+            js = resp.jobs.add(
+                job_id=job.job_id,
+                world_size=job.world_size,
+                num_nodes=job.num_nodes,
+                last_error=job.last_error,
+                protection=job.protection,
+            )
+            if job.committed is not None:
+                js.has_committed, js.committed_step = True, job.committed
+                js.committed_age_s = now - job.committed_at if job.committed_at else 0.0
+            for state in sorted(job.ranks.values(), key=lambda s: s.rank):
+                rs = js.ranks.add(
+                    rank=state.rank, local_rank=state.local_rank, pid=state.pid, bytes=state.bytes
+                )
+                for slot in state.slots:
+                    rs.slots.add(
+                        slot=slot.index,
+                        state=int(slot.state),
+                        step=max(slot.step, 0),
+                        nbytes=slot.nbytes,
+                        capacity=slot.arena.capacity if slot.arena else 0,
+                    )
+                js.bytes += state.bytes
+        return resp
+
+    def wait(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            pass
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Ordered, idempotent shutdown."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        if self.control is not None:
+            self.control.stop()  # no new local requests; the socket file is removed
+        if self.peer is not None:
+            self.peer.stop(grace)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
+        logger.info("SMP stopped")
+
+
+def socket_is_served(path: str, timeout_ms: int = 500) -> bool:
+    """True when a live SMP answers a status request on `path`."""
+    if not os.path.exists(path):
+        return False
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{path}")
+        sock.send(pb.Request(request_id=1, status=pb.StatusRequest()).SerializeToString())
+        return bool(sock.poll(timeout_ms))
+    finally:
+        sock.close(linger=0)

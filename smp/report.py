@@ -1,0 +1,91 @@
+"""`smp status`: ask a running SMP for its state and render it as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import zmq
+from google.protobuf.json_format import MessageToDict
+
+from smp._proto import control_pb2 as pb
+from smp.config import format_size
+
+
+class NotAnswering(Exception):
+    """The SMP did not answer on its socket."""
+
+
+def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{socket_path}")
+        sock.send(pb.Request(request_id=1, status=pb.StatusRequest()).SerializeToString())
+        if not sock.poll(int(timeout_s * 1000)):
+            raise NotAnswering(
+                f"no SMP answered on {socket_path} within {timeout_s:g}s: is `smp serve` running "
+                "with this --socket (or $SMP_SOCKET / $ECSNAP_SOCKET)?"
+            )
+        resp = pb.Response()
+        resp.ParseFromString(sock.recv())
+        if resp.HasField("error"):
+            raise NotAnswering(f"the SMP on {socket_path} refused: {resp.error.message}")
+        return resp.status
+    finally:
+        sock.close(linger=0)
+
+
+def to_json(status: pb.StatusResponse) -> str:
+    return json.dumps(
+        MessageToDict(
+            status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ),
+        indent=2,
+        sort_keys=True,
+    )
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(status: pb.StatusResponse) -> str:
+    lines = [
+        f"SMP {status.version}  pid {status.pid}  up {_age(status.uptime_s)}",
+        f"  control   ipc://{status.socket}",
+        f"  gRPC      {status.grpc_address}",
+        f"  store     {status.store_dir}  ({format_size(status.store_free)} free)",
+        f"  memory    {format_size(status.memory_used)} used of {format_size(status.memory_limit)}"
+        f" limit",
+        f"  codec     {status.codec_engine}",
+    ]
+    if not status.jobs:
+        lines.append("  no jobs")
+        return "\n".join(lines)
+    lines.append("")
+    header = f"  {'JOB':<24} {'RANKS':>9} {'NODES':>5} {'COMMITTED':>9} {'AGE':>6} {'MEMORY':>11}"
+    lines.append(header)
+    for job in status.jobs:
+        committed = str(job.committed_step) if job.has_committed else "-"
+        age = _age(job.committed_age_s) if job.has_committed else "-"
+        ranks = f"{len(job.ranks)}/{job.world_size or '?'}"
+        lines.append(
+            f"  {job.job_id:<24} {ranks:>9} {job.num_nodes:>5} {committed:>9} "
+            f"{age:>6} {format_size(job.bytes):>11}"
+        )
+        for rank in job.ranks:
+            slots = "  ".join(
+                f"s{s.slot}:{pb.SlotState.Name(s.state).lower()}"
+                + (f"@{s.step}" if s.state != pb.EMPTY else "")
+                for s in rank.slots
+            )
+            lines.append(f"      rank {rank.rank:<4} pid {rank.pid:<8} {slots}")
+        lines.append(f"      protects against: {job.protection}")
+        if job.last_error:
+            lines.append(f"      last error: {job.last_error}")
+    return "\n".join(lines)
