@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 import zmq
+
 from ecsnap.errors import (
     ChecksumError,
     MemoryLimitError,
     SMPUnavailableError,
     SnapshotError,
 )
-
 from smp._proto import control_pb2 as pb
 
 _ERRORS: dict[int, type[SnapshotError]] = {
@@ -40,7 +40,7 @@ class Channel:
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
-            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(f"ipc://{self.socket_path}")
             self._sock = sock

@@ -12,6 +12,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import torch
+
 from ecsnap.flatten import is_stateful
 
 
@@ -59,16 +60,16 @@ def load_into(app_state: MutableMapping[str, Any], tree: dict[str, tuple[str, An
             "the same app_state keys as when saving"
         )
     for key, (kind, value) in tree.items():
-        target = app_state.get(key)
-        if kind == "stateful":
-            if not is_stateful(target):
-                raise TypeError(
-                    f"app_state[{key!r}] was saved through state_dict() but is now "
-                    f"{type(target).__name__}, which has no load_state_dict()"
-                )
+        target: Any = app_state.get(key)
+        if kind != "stateful":
+            app_state[key] = merge(target, value)
+        elif is_stateful(target):
             target.load_state_dict(merge(target.state_dict(), value))
         else:
-            app_state[key] = merge(target, value)
+            raise TypeError(
+                f"app_state[{key!r}] was saved through state_dict() but is now "
+                f"{type(target).__name__}, which has no load_state_dict()"
+            )
     if any(_on_cuda(v) for _, v in tree.values()):
         torch.cuda.synchronize()  # non_blocking host-to-device copies above
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from ecsnap.arena import MappedArena
 from ecsnap.channel import Channel
 from ecsnap.env import RankEnv, job_id_from, socket_from
@@ -29,7 +30,6 @@ from ecsnap.errors import EcsnapError, RestoreError, SnapshotError
 from ecsnap.flatten import FlatState, arena_views, flatten, unflatten
 from ecsnap.handle import SaveHandle
 from ecsnap.loader import load_into
-
 from smp._proto import control_pb2 as pb
 from smp._proto import snapshot_pb2
 
@@ -332,7 +332,7 @@ class Snapshotter:
                 logger.warning("cannot restore step %d (%s); trying an older one", step, bad)
                 continue
             self._load(opened, app_state)
-            return step
+            return int(step)
         raise RestoreError("no common step could be restored: " + " | ".join(problems))
 
     def _load(self, opened: pb.OpenSnapshotResponse, app_state: MutableMapping[str, Any]) -> None:

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--repeats", type=int, default=3)
     local.add_argument("--dir", default=None, help="where torch.save writes (default: a tmp dir)")
     local.add_argument("--json", default=None, help="write raw results here")
+    local.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the state lives (cuda: device-to-host copies)",
+    )
     return parser
 
 
@@ -117,7 +123,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "codec":
         from smp.codec import bench as codec_bench
 
-        return codec_bench.run(args)
+        return int(codec_bench.run(args))
     try:
         from ecsnap import bench as local_bench  # the trainer library: needs torch
     except ImportError as exc:
@@ -127,7 +133,9 @@ def _bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return local_bench.run_local(parse_size(args.size), args.repeats, args.dir, args.json)
+    return int(
+        local_bench.run_local(parse_size(args.size), args.repeats, args.dir, args.json, args.device)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

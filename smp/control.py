@@ -39,7 +39,7 @@ class ControlServer:
         self._service = service
         self._status = status
         self.socket_path = socket_path
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._outbox: queue.SimpleQueue[Reply] = queue.SimpleQueue()
         self._wake_addr = f"inproc://smp-wake-{id(self)}"
         self._wake_lock = threading.Lock()

@@ -14,9 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import zmq
-
-from smp import __version__, codec
+from smp import __version__, codec, report
 from smp._proto import control_pb2 as pb
 from smp.config import ServeConfig, format_size
 from smp.control import ControlServer
@@ -48,7 +46,11 @@ class Daemon:
                 f"another SMP is already serving {cfg.socket}: stop it first "
                 "(`smp status --socket ...` shows it) or choose another --socket"
             )
-        self.engine = codec.Codec(2, 1, engine=cfg.codec).engine
+        try:
+            codec.Codec(2, 1, engine=cfg.codec)  # fails now, at start, if the engine cannot load
+        except codec.CodecError as exc:
+            raise ConfigError(f"--codec {cfg.codec}: {exc}") from exc
+        self.engine = codec.describe_engine(cfg.codec)
         self.store = Store(cfg.store_dir, cfg.memory_limit)
         service = SnapshotService(self.store, self._executor)
         kept = service.adopt(self.store.adopt_all())
@@ -137,12 +139,8 @@ def socket_is_served(path: str, timeout_ms: int = 500) -> bool:
     """True when a live SMP answers a status request on `path`."""
     if not os.path.exists(path):
         return False
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(f"ipc://{path}")
-        sock.send(pb.Request(request_id=1, status=pb.StatusRequest()).SerializeToString())
-        return bool(sock.poll(timeout_ms))
-    finally:
-        sock.close(linger=0)
+        report.fetch_status(path, timeout_ms / 1000)
+    except report.NotAnswering:
+        return False
+    return True

@@ -5,9 +5,11 @@ Messages say what was wrong and what to do; the daemon keeps serving after any o
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from smp._proto import control_pb2
 
-ErrorCode = int  # a control_pb2.ErrorCode value
+ErrorCode: TypeAlias = control_pb2.ErrorCode
 
 
 class SmpError(Exception):

@@ -16,8 +16,7 @@ class NotAnswering(Exception):
 
 
 def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"ipc://{socket_path}")

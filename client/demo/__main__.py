@@ -18,8 +18,11 @@ from smp import report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ecsnap.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ecsnap.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ranks", type=int, default=2, help="trainer ranks (processes)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--kill-at", type=int, default=25, help="step after which the ranks die")
@@ -42,12 +45,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[demo] 2/3 same job, every rank SIGKILLed right after saving step {args.kill_at}")
         out = work / "recovered"
-        crash = launch_ranks(out, "demo-crash", [smp.socket], args.ranks,
-                             [*train, "--die-at-step", str(args.kill_at)])
+        crash = launch_ranks(
+            out,
+            "demo-crash",
+            [smp.socket],
+            args.ranks,
+            [*train, "--die-at-step", str(args.kill_at)],
+        )
         codes = crash.wait(300)
         print(f"[demo]     ranks exited with {codes} (-9 = SIGKILL)")
-        print("\n".join("[demo]     " + line for line in
-                        report.render(report.fetch_status(smp.socket)).splitlines()))
+        print(
+            "\n".join(
+                "[demo]     " + line
+                for line in report.render(report.fetch_status(smp.socket)).splitlines()
+            )
+        )
 
         print("[demo] 3/3 relaunch: restore from the SMP's memory and train to the end")
         start = time.perf_counter()
@@ -60,17 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         problems = compare_runs(work / "reference", out, args.ranks)
         step = restores[0]["step"]
         slowest = max(r["seconds"] for r in restores)
-        print(f"[demo] restored step {step} on every rank (killed after saving step "
-              f"{args.kill_at}); restore took {slowest * 1000:.1f} ms, relaunch to finish "
-              f"{total:.1f} s")
+        print(
+            f"[demo] restored step {step} on every rank (killed after saving step "
+            f"{args.kill_at}); restore took {slowest * 1000:.1f} ms, relaunch to finish "
+            f"{total:.1f} s"
+        )
         if problems:
             print("[demo] MISMATCH: " + "; ".join(problems))
             return 1
-        print(f"[demo] final parameters, optimizer state and all {args.steps} losses of every "
-              "rank equal the uninterrupted run's, bit for bit")
+        print(
+            f"[demo] final parameters, optimizer state and all {args.steps} losses of every "
+            "rank equal the uninterrupted run's, bit for bit"
+        )
         return 0
     finally:
-        smp.stop()
+        smp.close()
         if args.keep:
             print(f"[demo] kept {work}")
         else:

@@ -37,22 +37,35 @@ class LocalSMP:
     memory_limit: str = "2G"
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    store_dir: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log = self.root / "smp.log"
+        # Like a real node, arenas live on tmpfs when there is one; logs and socket under root.
+        shm = Path("/dev/shm")
+        base = Path(tempfile.mkdtemp(prefix="ecsnap-store-", dir=shm)) if shm.is_dir() else None
+        self.store_dir = str(base if base is not None else self.root / "store")
 
     @property
     def socket(self) -> str:
         return str(self.root / "smp.sock")
 
-    @property
-    def store_dir(self) -> str:
-        return str(self.root / "store")
-
     def start(self, timeout: float = 30.0) -> LocalSMP:
-        cmd = [sys.executable, "-m", "smp", "serve", "--socket", self.socket, "--store-dir",
-               self.store_dir, "--port", "0", "--memory-limit", self.memory_limit]
+        cmd = [
+            sys.executable,
+            "-m",
+            "smp",
+            "serve",
+            "--socket",
+            self.socket,
+            "--store-dir",
+            self.store_dir,
+            "--port",
+            "0",
+            "--memory-limit",
+            self.memory_limit,
+        ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -87,6 +100,11 @@ class LocalSMP:
         """Lose this node's memory: what a machine failure does to its tmpfs."""
         shutil.rmtree(self.store_dir, ignore_errors=True)
 
+    def close(self) -> None:
+        """Stop the daemon and free its memory."""
+        self.stop()
+        self.wipe()
+
 
 @dataclass
 class RankRun:
@@ -110,13 +128,17 @@ class RankRun:
                 p.wait(10)
 
     def output(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
-                         for log in self.logs if log.exists())
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+            for log in self.logs
+            if log.exists()
+        )
 
 
-def launch_ranks(out: Path, job: str, sockets: list[str], ranks_per_node: int,
-                 train_args: list[str]) -> RankRun:
-    """Start world = len(sockets) * ranks_per_node trainer processes, node n talking to sockets[n]."""
+def launch_ranks(
+    out: Path, job: str, sockets: list[str], ranks_per_node: int, train_args: list[str]
+) -> RankRun:
+    """Start len(sockets) * ranks_per_node trainer processes; node n talks to sockets[n]."""
     out.mkdir(parents=True, exist_ok=True)
     world = len(sockets) * ranks_per_node
     port = free_port()
@@ -124,18 +146,31 @@ def launch_ranks(out: Path, job: str, sockets: list[str], ranks_per_node: int,
     for rank in range(world):
         node = rank // ranks_per_node
         env = dict(os.environ)
-        env.update({
-            "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank % ranks_per_node),
-            "LOCAL_WORLD_SIZE": str(ranks_per_node), "GROUP_RANK": str(node),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": job,
-            "ECSNAP_SOCKET": sockets[node], "OMP_NUM_THREADS": "1",
-        })
+        env.update(
+            {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "LOCAL_RANK": str(rank % ranks_per_node),
+                "LOCAL_WORLD_SIZE": str(ranks_per_node),
+                "GROUP_RANK": str(node),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "TORCHELASTIC_RUN_ID": job,
+                "ECSNAP_SOCKET": sockets[node],
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         env.pop("ECSNAP_JOB", None)
         log = out / f"rank{rank}.log"
         with log.open("ab") as f:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ecsnap.demo.train", "--out", str(out), *train_args],
-                env=env, stdout=f, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "ecsnap.demo.train", "--out", str(out), *train_args],
+                    env=env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         logs.append(log)
     return RankRun(procs, logs)
 

@@ -50,8 +50,13 @@ class DataCursor:
 def build(rank: int, hidden: int, shard_size: int) -> tuple[nn.Module, nn.Parameter]:
     torch.manual_seed(1234)  # identical initial model on every rank
     model = nn.Sequential(
-        nn.Linear(32, hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Dropout(0.1), nn.Linear(hidden, 1),
+        nn.Linear(32, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(hidden, 1),
     )
     shard = nn.Parameter(torch.randn(shard_size, generator=torch.Generator().manual_seed(rank)))
     return model, shard
@@ -79,15 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
     data = DataCursor(seed=7, rank=rank, batch=16, features=32)
     torch.manual_seed(99 + rank)  # per-rank dropout stream
-    app_state: dict[str, Any] = {"model": model, "shard": shard, "optim": optim, "data": data,
-                                 "rng": ecsnap.RNGState(), "meta": {"note": "demo"}}
+    app_state: dict[str, Any] = {
+        "model": model,
+        "shard": shard,
+        "optim": optim,
+        "data": data,
+        "rng": ecsnap.RNGState(),
+        "meta": {"note": "demo"},
+    }
 
     snap = ecsnap.Snapshotter()
     t0 = time.perf_counter()
     restored = snap.restore(app_state)
     restore_s = time.perf_counter() - t0
-    (out / f"rank{rank}.restore.json").write_text(json.dumps(
-        {"step": restored, "seconds": restore_s, "pid": os.getpid()}))
+    (out / f"rank{rank}.restore.json").write_text(
+        json.dumps({"step": restored, "seconds": restore_s, "pid": os.getpid()})
+    )
     start = 0 if restored is None else restored + 1
 
     handle = None
@@ -98,17 +110,22 @@ def main(argv: list[str] | None = None) -> int:
             optim.zero_grad()
             loss.backward()
             optim.step()
-            losses.write(json.dumps({"step": step, "loss": loss.item().hex()}) + "\n")
+            losses.write(json.dumps({"step": step, "loss": float(loss.item()).hex()}) + "\n")
             losses.flush()
             handle = snap.save(step, app_state)
             if step == args.die_at_step:
-                print(f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os.kill(os.getpid(), signal.SIGKILL)
     if handle is not None:
         handle.wait_protected(timeout=60)
-    torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "shard": shard.detach()},
-               out / f"rank{rank}.final.pt")
+    torch.save(
+        {"model": model.state_dict(), "optim": optim.state_dict(), "shard": shard.detach()},
+        out / f"rank{rank}.final.pt",
+    )
     snap.close()
     if world > 1:
         dist.destroy_process_group()

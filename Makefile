@@ -1,0 +1,52 @@
+# Developer and CI entry points. `make test` and `make demo` set up .venv themselves.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU build that `pip` finds locally; a bare `torch` may pull a CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test lint typecheck proto proto-check unit integration bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[torch,isal,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python -m ecsnap.demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	mkdir -p build/typecheck && ln -sfn ../../client build/typecheck/ecsnap
+	MYPYPATH=build/typecheck $(BIN)/mypy -p smp -p ecsnap
+
+proto: setup
+	$(BIN)/python proto/generate.py
+
+proto-check: setup
+	$(BIN)/python proto/generate.py --check
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+test: setup lint typecheck proto-check
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/smp bench codec
+	$(BIN)/smp bench local
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache

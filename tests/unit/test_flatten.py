@@ -1,0 +1,119 @@
+"""Manifest/skeleton round trips through a real byte arena (no SMP involved)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+from typing import Any
+
+import pytest
+import torch
+
+from ecsnap.flatten import arena_views, flatten, unflatten
+from ecsnap.loader import load_into, merge
+from smp.defaults import TENSOR_ALIGN
+
+Pair = namedtuple("Pair", "a b")
+
+
+def roundtrip(state: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    flat = flatten(state)
+    arena = torch.zeros(max(flat.nbytes, 1), dtype=torch.uint8)
+    for dst, src in zip(arena_views(flat.manifest, arena), flat.tensors, strict=True):
+        dst.copy_(src)
+    return unflatten(flat.manifest, arena_views(flat.manifest, arena))
+
+
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+    torch.complex64,
+    torch.float8_e4m3fn,
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes_roundtrip_bitwise(dtype: torch.dtype) -> None:
+    src = (
+        torch.randn(7, 5, dtype=torch.float32).to(dtype)
+        if dtype != torch.bool
+        else (torch.rand(7, 5) > 0.5)
+    )
+    tree = roundtrip({"t": src})
+    out = tree["t"][1]
+    assert out.dtype == dtype and out.shape == src.shape
+    assert torch.equal(out.view(torch.uint8), src.view(torch.uint8))
+
+
+def test_shapes_views_and_containers() -> None:
+    base = torch.arange(24.0).view(4, 6)
+    state = {
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 3),
+        "transposed": base.t(),
+        "strided": base[::2, 1::3],
+        "nested": OrderedDict(a=[torch.ones(2), (torch.zeros(1), 7)], b={"c": "text"}),
+        "pair": Pair(torch.full((2,), 2.0), None),
+        "number": 12,
+    }
+    tree = roundtrip(state)
+    for key in ("scalar", "empty", "transposed", "strided"):
+        assert torch.equal(tree[key][1], state[key]), key
+    nested = tree["nested"][1]
+    assert isinstance(nested, OrderedDict) and nested["b"] == {"c": "text"}
+    assert torch.equal(nested["a"][0], torch.ones(2)) and nested["a"][1][1] == 7
+    assert isinstance(tree["pair"][1], Pair) and tree["pair"][1].b is None
+    assert tree["number"] == ("plain", 12)
+
+
+def test_offsets_are_aligned_and_disjoint() -> None:
+    flat = flatten({"x": [torch.ones(3, dtype=torch.int8), torch.ones(5), torch.ones(1)]})
+    offsets = [e.offset for e in flat.manifest.tensors]
+    assert all(o % TENSOR_ALIGN == 0 for o in offsets)
+    ends = [e.offset + e.nbytes for e in flat.manifest.tensors]
+    assert all(end <= nxt for end, nxt in zip(ends, offsets[1:], strict=False))
+    assert flat.nbytes >= ends[-1]
+
+
+def test_stateful_values_go_through_state_dict() -> None:
+    model = torch.nn.Linear(4, 3)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    tree = roundtrip({"model": model})
+    kind, _ = tree["model"]
+    assert kind == "stateful"
+    with torch.no_grad():
+        model.weight.zero_()
+    weight_before = model.weight
+    load_into({"model": model}, tree)
+    assert model.weight is weight_before  # loaded in place
+    assert torch.equal(model.weight, saved["weight"])
+
+
+def test_merge_in_place_and_fresh_copies() -> None:
+    live = torch.zeros(3)
+    loaded = torch.arange(3.0)
+    assert merge(live, loaded) is live and torch.equal(live, loaded)
+    fresh = merge(torch.zeros(4), loaded)  # shape differs: a new tensor, not the arena view
+    assert torch.equal(fresh, loaded) and fresh.data_ptr() != loaded.data_ptr()
+
+
+def test_unsupported_values_are_clear_errors() -> None:
+    with pytest.raises(TypeError, match="dense tensors"):
+        flatten({"s": torch.eye(3).to_sparse()})
+    with pytest.raises(TypeError, match="keys must be strings"):
+        flatten({1: torch.ones(1)})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="cannot be saved"):
+        flatten({"f": lambda: 0})
+
+
+def test_restore_into_app_state_missing_stateful_key() -> None:
+    tree = roundtrip({"model": torch.nn.Linear(2, 2)})
+    with pytest.raises(KeyError, match="model"):
+        load_into({}, tree)
