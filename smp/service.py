@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from threading import RLock
@@ -23,7 +23,15 @@ from threading import RLock
 from smp import checksum
 from smp._proto import snapshot_pb2
 from smp.config import format_size
-from smp.errors import Aborted, BadRequest, ChecksumMismatch, Conflict, NotFound, NotRegistered
+from smp.errors import (
+    Aborted,
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    NotFound,
+    NotRegistered,
+    SmpError,
+)
 from smp.store import AdoptedSlot, Arena, Store, check_job_id
 
 logger = logging.getLogger(__name__)
@@ -94,12 +102,25 @@ class Job:
     aborted: dict[int, str] = field(default_factory=dict)
     waiters: list[tuple[int, Future[CommitState]]] = field(default_factory=list)
     last_error: str = ""
+    started: dict[int, float] = field(default_factory=dict)  # step -> first begin_save (monotonic)
 
     @property
     def protection(self) -> str:
         if self.num_nodes <= 1:
             return "trainer crash (single node: the loss of this node is not covered)"
         return "trainer crash (parity across nodes not enabled: node loss is not covered)"
+
+
+# Observer of service events: (event, job id, value). Events and values:
+#   "snapshot_saved" (bytes of a rank's step, once checksummed), "snapshot_committed" (seconds
+#   from the step's first begin_save to its commit), "save_aborted" (1), "save_refused" (1: memory
+#   limit, full store), "checksum_failure" (1). Called with the service lock held: a sink must
+#   be quick and must not call back into the service.
+EventSink = Callable[[str, str, float], None]
+
+
+def _ignore(event: str, job_id: str, value: float) -> None:
+    del event, job_id, value
 
 
 @dataclass(frozen=True)
@@ -126,9 +147,10 @@ class CommitState:
 
 
 class SnapshotService:
-    def __init__(self, store: Store, executor: Executor) -> None:
+    def __init__(self, store: Store, executor: Executor, events: EventSink = _ignore) -> None:
         self.store = store
         self._executor = executor
+        self._events = events
         self._lock = RLock()
         self._jobs: dict[str, Job] = {}
 
@@ -198,7 +220,12 @@ class SnapshotService:
             context = f"saving step {step} of job {job_id!r} rank {rank} ({format_size(nbytes)})"
             # Allocation may replace the arena file: do it before touching the slot's state so
             # that a refusal (memory limit, full store) leaves everything stored as it was.
-            arena = self.store.allocate(job_id, rank, slot.index, nbytes, slot.arena, context)
+            try:
+                arena = self.store.allocate(job_id, rank, slot.index, nbytes, slot.arena, context)
+            except SmpError:
+                self._events("save_refused", job_id, 1)
+                raise
+            job.started.setdefault(step, time.monotonic())
             if slot.arena is not None and arena is slot.arena:
                 self.store.drop_record(arena)  # its bytes are about to be overwritten
             slot.arena = arena
@@ -273,6 +300,7 @@ class SnapshotService:
             slot.state, slot.checksums, slot.completed_at = SlotState.COMPLETE, sums, time.time()
             self.store.write_record(arena, self._record(job_id, rank, slot, sums))
             resolved = self._update_commit(job)
+        self._events("snapshot_saved", job_id, slot.nbytes)
         _resolve(resolved)
         logger.debug(
             "job %s rank %d: step %d complete in slot %d", job_id, rank, slot.step, slot.index
@@ -308,6 +336,7 @@ class SnapshotService:
             failed = [(s, f) for s, f in job.waiters if s == step]
             job.waiters = [(s, f) for s, f in job.waiters if s != step]
         logger.warning("job %s: %s", job_id, message)
+        self._events("save_aborted", job_id, 1)
         for _, fut in failed:
             if not fut.done():
                 fut.set_exception(Aborted(message))
@@ -327,6 +356,10 @@ class SnapshotService:
         if newest is None or newest == job.committed:
             return []
         job.committed, job.committed_at = newest, time.time()
+        started = job.started.get(newest)
+        job.started = {s: t for s, t in job.started.items() if s > newest}
+        if started is not None:
+            self._events("snapshot_committed", job.job_id, time.monotonic() - started)
         state_now = CommitState(True, newest)
         done = [(f, state_now) for s, f in job.waiters if s <= newest]
         job.waiters = [(s, f) for s, f in job.waiters if s > newest]
@@ -421,6 +454,7 @@ class SnapshotService:
             job = self._jobs.get(job_id)
             if job is not None:
                 job.last_error = f"checksum mismatch in step {slot.step} of rank {rank}"
+        self._events("checksum_failure", job_id, 1)
         size = expected.chunk_size
         ranges = ", ".join(f"{i * size}-{min((i + 1) * size, opened.nbytes)}" for i in bad[:5])
         raise ChecksumMismatch(
