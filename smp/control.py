@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from smp._proto import control_pb2 as pb
 from smp.errors import BadRequest, SmpError
+from smp.replication import RebuildResult, Replication
 from smp.service import CommitState, OpenedSnapshot, RankInfo, SnapshotService
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,17 @@ Status = Callable[[], pb.StatusResponse]
 
 
 class ControlServer:
-    def __init__(self, service: SnapshotService, socket_path: str, status: Status) -> None:
+    def __init__(
+        self,
+        service: SnapshotService,
+        replication: Replication,
+        socket_path: str,
+        status: Status,
+        executor: Executor,
+    ) -> None:
         self._service = service
+        self._replication = replication
+        self._executor = executor
         self._status = status
         self.socket_path = socket_path
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -298,6 +308,39 @@ class ControlServer:
             if state.committed_step is not None:
                 r.wait_committed.has_committed = True
                 r.wait_committed.committed_step = state.committed_step
+
+        return fut, fill
+
+    def _on_configure(self, req: pb.Request, resp: pb.Response) -> None:
+        c = req.configure
+        resp.configure.layout = self._replication.configure(
+            req.job_id,
+            c.node_rank,
+            c.num_nodes,
+            c.group_size,
+            c.parity,
+            c.placement,
+            list(c.peer_addresses),
+            c.secret,
+        )
+
+    def _on_save_ready(self, req: pb.Request, resp: pb.Response) -> None:
+        ready, pending = self._replication.save_ready(req.job_id)
+        resp.save_ready.ready = ready
+        if pending is not None:
+            resp.save_ready.has_pending, resp.save_ready.pending_step = True, pending
+
+    def _on_rebuild(
+        self, req: pb.Request, resp: pb.Response
+    ) -> tuple[Future[RebuildResult], Callable[[RebuildResult, pb.Response], None]]:
+        timeout = min(req.rebuild.timeout_ms, MAX_WAIT_MS) / 1000 or 300.0
+        fut = self._executor.submit(self._replication.rebuild, req.job_id, timeout)
+
+        def fill(result: RebuildResult, r: pb.Response) -> None:
+            r.rebuild.rebuilt, r.rebuild.seconds = result.rebuilt, result.seconds
+            r.rebuild.bytes_fetched = result.bytes_fetched
+            if result.step is not None:
+                r.rebuild.has_step, r.rebuild.step = True, result.step
 
         return fut, fill
 

@@ -20,6 +20,7 @@ from smp.config import ServeConfig, format_size
 from smp.control import ControlServer
 from smp.errors import ConfigError
 from smp.peer import PeerServer, PeerServicer
+from smp.replication import Replication
 from smp.service import SnapshotService
 from smp.store import Store
 
@@ -34,6 +35,8 @@ class Daemon:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-work")
+        self._slow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-rebuild")
+        self.replication: Replication | None = None
         self.store: Store | None = None
         self.control: ControlServer | None = None
         self.peer: PeerServer | None = None
@@ -56,9 +59,10 @@ class Daemon:
         kept = service.adopt(self.store.adopt_all())
         if kept:
             logger.info("re-adopted %d complete snapshots from %s", kept, cfg.store_dir)
-        servicer = PeerServicer(service, self.node_id, self.engine)
+        self.replication = Replication(service, cfg.codec)
+        servicer = PeerServicer(service, self.replication, self.node_id, self.engine)
         self.peer = PeerServer(servicer, cfg.host, cfg.port)
-        self.control = ControlServer(service, cfg.socket, self.status)
+        self.control = ControlServer(service, self.replication, cfg.socket, self.status, self._slow)
         self._service = service
         self.peer.start()
         self.control.start()
@@ -97,6 +101,13 @@ class Daemon:
                 last_error=job.last_error,
                 protection=job.protection,
             )
+            cluster = self.replication.status(job.job_id) if self.replication else None
+            if cluster is not None:
+                js.node_rank, js.parity_bytes = cluster.node, cluster.parity_bytes
+                js.group_members.extend(cluster.group_members)
+                js.bytes += cluster.parity_bytes
+                if cluster.protected is not None:
+                    js.has_protected, js.protected_step = True, cluster.protected
             if job.committed is not None:
                 js.has_committed, js.committed_step = True, job.committed
                 js.committed_age_s = now - job.committed_at if job.committed_at else 0.0
@@ -129,6 +140,9 @@ class Daemon:
             self.control.stop()  # no new local requests; the socket file is removed
         if self.peer is not None:
             self.peer.stop(grace)
+        if self.replication is not None:
+            self.replication.close()
+        self._slow.shutdown(wait=False, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
             self.store.close()

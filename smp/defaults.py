@@ -37,3 +37,10 @@ def default_store_dir() -> str:
     """Arena files live on tmpfs so they are memory, survive the trainer, and are easy to wipe."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
     return f"{base}/ecsnap-{os.getuid()}"
+
+
+# Peer service (gRPC between SMPs): the metadata key carrying the job's secret, the message size
+# limit, and the size of the pieces big transfers are streamed in.
+PEER_TOKEN_KEY = "x-ecsnap-token"
+PEER_MAX_MESSAGE = 8 << 20
+PEER_PIECE = 1 << 20

@@ -54,3 +54,15 @@ class ConfigError(SmpError):
     """Invalid daemon settings, reported at start before anything binds."""
 
     code = control_pb2.BAD_REQUEST
+
+
+class Unauthenticated(SmpError):
+    """A peer call without the job's secret (gRPC only)."""
+
+    code = control_pb2.BAD_REQUEST
+
+
+class RebuildFailed(SmpError):
+    """Too many nodes of a group are gone (or their cells are corrupt) to rebuild a step."""
+
+    code = control_pb2.NOT_FOUND

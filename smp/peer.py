@@ -1,40 +1,76 @@
 """The SMP's gRPC server: the peer service between nodes' SMPs and the standard health service.
 
-The peer service grows with the multi-node release (parity exchange, rebuild); today it answers
-Info so nodes and tools can check a peer is alive and which job it knows. Domain errors are mapped
-to gRPC status codes here, never leaked as exceptions.
+Every peer call must carry the job's secret (metadata "x-ecsnap-token"), given to this SMP by the
+job's own ranks; sizes, steps, stripes and nodes in every message are validated by the service.
+Domain errors are mapped to gRPC status codes here, never leaked as exceptions.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent import futures
+from typing import NoReturn
 
 import grpc
+import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from smp import __version__
-from smp._proto import peer_pb2, peer_pb2_grpc
+from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
+from smp.defaults import PEER_MAX_MESSAGE, PEER_PIECE, PEER_TOKEN_KEY
+from smp.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    MemoryLimitExceeded,
+    NotFound,
+    NotRegistered,
+    SmpError,
+    StoreFull,
+    Unauthenticated,
+)
+from smp.replication import Replication
 from smp.service import SnapshotService
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "ecsnap.v1.Peer"
-# Streams of ~1 MiB messages; leave room above that for headers.
-MAX_MESSAGE = 8 << 20
+
+_CODES: list[tuple[type[SmpError], grpc.StatusCode]] = [
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (NotRegistered, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (MemoryLimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ChecksumMismatch, grpc.StatusCode.DATA_LOSS),
+]
+
+
+def _abort(context: grpc.ServicerContext, exc: SmpError) -> NoReturn:
+    code = next((c for t, c in _CODES if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
+    context.abort(code, str(exc))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _token(context: grpc.ServicerContext) -> str:
+    return next((str(v) for k, v in context.invocation_metadata() if k == PEER_TOKEN_KEY), "")
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, service: SnapshotService, node_id: str, engine: str) -> None:
+    def __init__(
+        self, service: SnapshotService, replication: Replication, node_id: str, engine: str
+    ) -> None:
         self._service = service
+        self._replication = replication
         self._node_id = node_id
         self._engine = engine
         self.address = ""
 
     def Info(
-        self,
-        request: peer_pb2.InfoRequest,
-        context: grpc.ServicerContext,
+        self, request: peer_pb2.InfoRequest, context: grpc.ServicerContext
     ) -> peer_pb2.InfoResponse:
         known = {job.job_id for job in self._service.jobs()}
         return peer_pb2.InfoResponse(
@@ -45,15 +81,97 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             knows_job=request.job_id in known,
         )
 
+    def PushChunk(
+        self, request_iterator: Iterator[peer_pb2.PushChunkRequest], context: grpc.ServicerContext
+    ) -> peer_pb2.PushChunkResponse:
+        try:
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("header"):
+                raise BadRequest("a chunk stream must start with its header")
+            h = first.header
+            self._replication.authorize(h.job_id, _token(context))
+            holder, cell = self._replication.parity_begin(
+                h.job_id, h.step, h.stripe, h.from_node, h.length, h.manifest
+            )
+            hasher, offset = xxhash.xxh3_64(), 0
+            for req in request_iterator:
+                part = req.WhichOneof("part")
+                if part == "data":
+                    holder.accumulate(cell, h.step, h.from_node, offset, req.data)
+                    hasher.update(req.data)
+                    offset += len(req.data)
+                elif part == "checksum":
+                    if offset != h.length:
+                        raise BadRequest(
+                            f"chunk of node {h.from_node} ended after {offset} of {h.length} bytes"
+                        )
+                    if hasher.intdigest() != req.checksum:
+                        raise ChecksumMismatch(
+                            f"chunk of node {h.from_node} for stripe "
+                            f"{h.stripe} of step {h.step} arrived corrupted"
+                        )
+                    digest = snapshot_pb2.ChunkDigest(
+                        stripe=h.stripe, length=h.length, checksum=req.checksum
+                    )
+                    self._replication.parity_finish(
+                        h.job_id, holder, cell, h.step, h.from_node, digest
+                    )
+                    return peer_pb2.PushChunkResponse()
+                else:
+                    raise BadRequest("a chunk stream may carry one header only")
+            raise BadRequest(f"chunk stream of node {h.from_node} ended without its checksum")
+        except SmpError as exc:
+            _abort(context, exc)
+
+    def Protected(
+        self, request: peer_pb2.ProtectedRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.ProtectedResponse:
+        try:
+            self._replication.authorize(request.job_id, _token(context))
+            self._replication.peer_protected(request.job_id, request.node, request.step)
+        except SmpError as exc:
+            _abort(context, exc)
+        return peer_pb2.ProtectedResponse()
+
+    def JobState(
+        self, request: peer_pb2.JobStateRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.JobStateResponse:
+        try:
+            self._replication.authorize(request.job_id, _token(context))
+            committed, manifests = self._replication.job_state(request.job_id)
+        except SmpError as exc:
+            _abort(context, exc)
+        response = peer_pb2.JobStateResponse(manifests=manifests)
+        if committed is not None:
+            response.has_committed, response.committed_step = True, committed
+        return response
+
+    def FetchCell(
+        self, request: peer_pb2.FetchCellRequest, context: grpc.ServicerContext
+    ) -> Iterator[peer_pb2.FetchCellResponse]:
+        try:
+            self._replication.authorize(request.job_id, _token(context))
+            checksum, parts = self._replication.cell_source(
+                request.job_id, request.step, request.stripe
+            )
+        except SmpError as exc:
+            _abort(context, exc)
+        yield peer_pb2.FetchCellResponse(
+            header=peer_pb2.CellHeader(length=sum(len(p) for p in parts), checksum=checksum)
+        )
+        for part in parts:
+            for at in range(0, len(part), PEER_PIECE):
+                yield peer_pb2.FetchCellResponse(data=bytes(part[at : at + PEER_PIECE]))
+
 
 class PeerServer:
-    def __init__(self, servicer: PeerServicer, host: str, port: int, workers: int = 4) -> None:
+    def __init__(self, servicer: PeerServicer, host: str, port: int, workers: int = 16) -> None:
         self._servicer = servicer
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smp-grpc"),
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
+                ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
             ],
         )

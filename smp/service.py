@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from threading import RLock
+from typing import TYPE_CHECKING
 
 from smp import checksum
 from smp._proto import snapshot_pb2
@@ -33,6 +34,9 @@ from smp.errors import (
     SmpError,
 )
 from smp.store import AdoptedSlot, Arena, Store, check_job_id
+
+if TYPE_CHECKING:
+    from smp.replication import Replication
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +107,16 @@ class Job:
     waiters: list[tuple[int, Future[CommitState]]] = field(default_factory=list)
     last_error: str = ""
     started: dict[int, float] = field(default_factory=dict)  # step -> first begin_save (monotonic)
+    clustered: bool = False  # commit needs every node (parity across nodes)
+    layout: str = ""
 
     @property
     def protection(self) -> str:
+        if self.clustered:
+            return f"trainer crash and node loss: {self.layout}"
         if self.num_nodes <= 1:
             return "trainer crash (single node: the loss of this node is not covered)"
-        return "trainer crash (parity across nodes not enabled: node loss is not covered)"
+        return "trainer crash only (the job's nodes have not introduced themselves yet)"
 
 
 # Observer of service events: (event, job id, value). Events and values:
@@ -153,6 +161,10 @@ class SnapshotService:
         self._events = events
         self._lock = RLock()
         self._jobs: dict[str, Job] = {}
+        self.replication: Replication | None = None  # set for multi-node protection
+
+    def emit(self, event: str, job_id: str, value: float) -> None:
+        self._events(event, job_id, value)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -221,7 +233,8 @@ class SnapshotService:
             # Allocation may replace the arena file: do it before touching the slot's state so
             # that a refusal (memory limit, full store) leaves everything stored as it was.
             try:
-                arena = self.store.allocate(job_id, rank, slot.index, nbytes, slot.arena, context)
+                path = self.store.arena_path(job_id, rank, slot.index)
+                arena = self.store.allocate(path, nbytes, slot.arena, context)
             except SmpError:
                 self._events("save_refused", job_id, 1)
                 raise
@@ -232,6 +245,8 @@ class SnapshotService:
             slot.state, slot.step, slot.nbytes = SlotState.WRITING, step, nbytes
             slot.generation += 1
             slot.manifest, slot.checksums = b"", None
+            if self.replication is not None:
+                self.replication.on_begin(job_id, step)
             return SlotGrant(slot.index, slot.generation, str(arena.path), arena.capacity)
 
     def _target_slot(self, job: Job, state: RankState) -> Slot:
@@ -302,6 +317,9 @@ class SnapshotService:
             resolved = self._update_commit(job)
         self._events("snapshot_saved", job_id, slot.nbytes)
         _resolve(resolved)
+        if self.replication is not None:
+            self.replication.on_rank_complete(job_id, slot.step)
+            self.replication.check_protected(job_id, slot.step)
         logger.debug(
             "job %s rank %d: step %d complete in slot %d", job_id, rank, slot.step, slot.index
         )
@@ -344,7 +362,12 @@ class SnapshotService:
     # -- commit -------------------------------------------------------------------------------
 
     def _update_commit(self, job: Job) -> list[tuple[Future[CommitState], CommitState]]:
-        """Recompute the committed step; return the waiters it satisfies (resolve unlocked)."""
+        """Recompute the committed step; return the waiters it satisfies (resolve unlocked).
+
+        For jobs protected across nodes the commit comes from the peers instead (commit_to).
+        """
+        if job.clustered:
+            return []
         expected = job.world_size if job.num_nodes <= 1 else job.local_world_size
         if not job.ranks or (expected and len(job.ranks) < expected):
             return []
@@ -364,6 +387,90 @@ class SnapshotService:
         done = [(f, state_now) for s, f in job.waiters if s <= newest]
         job.waiters = [(s, f) for s, f in job.waiters if s > newest]
         return done
+
+    # -- hooks for replication across nodes -----------------------------------------------------
+
+    def set_clustered(self, job_id: str, clustered: bool, layout: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotRegistered(f"job {job_id!r} has no registered rank on this SMP")
+            job.clustered, job.layout = clustered, layout
+
+    def committed(self, job_id: str) -> int | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.committed if job is not None else None
+
+    def node_parts(
+        self, job_id: str, step: int
+    ) -> tuple[list[memoryview], list[snapshot_pb2.SlotRecord]] | None:
+        """This node's blob for `step` (its ranks' slots in rank order), if all ranks have it."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or len(job.ranks) < max(job.local_world_size, 1):
+                return None
+            parts, records = [], []
+            for rank in sorted(job.ranks):
+                slot = next(
+                    (
+                        x
+                        for x in job.ranks[rank].slots
+                        if x.state is SlotState.COMPLETE and x.step == step
+                    ),
+                    None,
+                )
+                if slot is None or slot.arena is None or slot.checksums is None:
+                    return None
+                parts.append(slot.arena.view(slot.nbytes))
+                records.append(self._record(job_id, rank, slot, slot.checksums))
+            return parts, records
+
+    def commit_to(self, job_id: str, step: int) -> bool:
+        """Record `step` as committed by every node; False if nothing changed."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or (job.committed is not None and step <= job.committed):
+                return False
+            job.committed, job.committed_at = step, time.time()
+            started = job.started.get(step)
+            job.started = {s: t for s, t in job.started.items() if s > step}
+            done = [(f, CommitState(True, step)) for s, f in job.waiters if s <= step]
+            job.waiters = [(s, f) for s, f in job.waiters if s > step]
+        if started is not None:
+            self._events("snapshot_committed", job_id, time.monotonic() - started)
+        _resolve(done)
+        return True
+
+    def install(
+        self, job_id: str, step: int, records: list[snapshot_pb2.SlotRecord], blob: memoryview
+    ) -> None:
+        """Put a rebuilt node's slots in place, checking every chunk checksum first."""
+        offset = 0
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotRegistered(f"job {job_id!r} has no registered rank on this SMP")
+            for rec in sorted(records, key=lambda r: r.rank):
+                data = blob[offset : offset + rec.nbytes]
+                offset += rec.nbytes
+                expected = checksum.Checksums.from_proto(rec.checksums)
+                if checksum.mismatches(data, expected):
+                    raise ChecksumMismatch(
+                        f"rebuilt step {step} of job {job_id!r} rank "
+                        f"{rec.rank} does not match its checksums"
+                    )
+                state = job.ranks.setdefault(rec.rank, RankState(rec.rank))
+                slot = self._target_slot(job, state)
+                path = self.store.arena_path(job_id, rec.rank, slot.index)
+                context = f"rebuilding step {step} of job {job_id!r} rank {rec.rank}"
+                slot.arena = self.store.allocate(path, rec.nbytes, slot.arena, context)
+                slot.arena.view(rec.nbytes)[:] = data
+                slot.generation += 1
+                slot.state, slot.step, slot.nbytes = SlotState.COMPLETE, step, rec.nbytes
+                slot.manifest, slot.checksums = rec.manifest, expected
+                slot.completed_at = time.time()
+                self.store.write_record(slot.arena, self._record(job_id, rec.rank, slot, expected))
 
     def wait_committed(self, job_id: str, step: int) -> Future[CommitState]:
         fut: Future[CommitState] = Future()
@@ -493,28 +600,15 @@ class SnapshotService:
         """A consistent copy of the jobs for status reporting."""
         with self._lock:
             return [
-                Job(
-                    j.job_id,
-                    j.world_size,
-                    j.local_world_size,
-                    j.num_nodes,
-                    {
-                        r: RankState(
-                            s.rank,
-                            s.local_rank,
-                            s.pid,
-                            [
-                                Slot(x.index, x.arena, x.state, x.step, x.nbytes, x.generation)
-                                for x in s.slots
-                            ],
-                        )
-                        for r, s in j.ranks.items()
+                replace(
+                    j,
+                    ranks={
+                        r: replace(x, slots=[replace(slot) for slot in x.slots])
+                        for r, x in j.ranks.items()
                     },
-                    j.committed,
-                    j.committed_at,
-                    dict(j.aborted),
-                    [],
-                    j.last_error,
+                    aborted=dict(j.aborted),
+                    waiters=[],
+                    started={},
                 )
                 for j in self._jobs.values()
             ]

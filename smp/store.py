@@ -80,6 +80,23 @@ class Arena:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         return cls(path, fd, os.fstat(fd).st_size)
 
+    def grow(self, capacity: int) -> None:
+        """Enlarge the file keeping its bytes (new bytes are zero) and remap it."""
+        if capacity <= self.capacity:
+            return
+        try:
+            os.ftruncate(self._fd, capacity)
+            os.posix_fallocate(self._fd, self.capacity, capacity - self.capacity)
+        except OSError as exc:
+            os.ftruncate(self._fd, self.capacity)
+            raise StoreFull(
+                f"the store filesystem has no room to grow {self.path.name} to "
+                f"{format_size(capacity)}: give it more space"
+            ) from exc
+        self._map.close()
+        self._map = mmap.mmap(self._fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.capacity = capacity
+
     def view(self, nbytes: int | None = None) -> memoryview:
         mv = memoryview(self._map)
         return mv if nbytes is None else mv[:nbytes]
@@ -142,21 +159,14 @@ class Store:
     def arena_path(self, job_id: str, rank: int, slot: int) -> Path:
         return self.root / job_id / f"r{rank}.s{slot}.arena"
 
-    def allocate(
-        self, job_id: str, rank: int, slot: int, nbytes: int, current: Arena | None, context: str
-    ) -> Arena:
-        """Return an arena of at least `nbytes`, reusing `current` when it is large enough.
+    def parity_path(self, job_id: str, row: int, slot: int) -> Path:
+        return self.root / job_id / f"p{row}.s{slot}.arena"
 
-        On any failure the current arena and everything else stored stays as it was.
-        """
-        if current is not None and current.capacity >= nbytes:
-            return current
-        capacity = round_up(max(nbytes, 1), ARENA_GRANULE)
-        growth = capacity - (current.capacity if current is not None else 0)
+    def _reserve(self, growth: int, context: str) -> None:
         with self._lock:
             if self._used + growth > self.memory_limit:
                 raise MemoryLimitExceeded(
-                    f"{context} needs {format_size(capacity)} of arena but the store already "
+                    f"{context} needs {format_size(growth)} more arena but the store already "
                     f"holds {format_size(self._used)} of its {format_size(self.memory_limit)} "
                     "limit: raise --memory-limit, or remove old jobs' snapshots"
                 )
@@ -168,7 +178,34 @@ class Store:
                     "--shm-size) or lower --memory-limit"
                 )
             self._used += growth
-        path = self.arena_path(job_id, rank, slot)
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._used -= nbytes
+
+    def grow(self, arena: Arena, nbytes: int, context: str) -> None:
+        """Grow `arena` in place to hold `nbytes`, keeping its content (parity cells)."""
+        capacity = round_up(nbytes, ARENA_GRANULE)
+        if capacity <= arena.capacity:
+            return
+        growth = capacity - arena.capacity
+        self._reserve(growth, context)
+        try:
+            arena.grow(capacity)
+        except BaseException:
+            self._release(growth)
+            raise
+
+    def allocate(self, path: Path, nbytes: int, current: Arena | None, context: str) -> Arena:
+        """Return an arena of at least `nbytes`, reusing `current` when it is large enough.
+
+        On any failure the current arena and everything else stored stays as it was.
+        """
+        if current is not None and current.capacity >= nbytes:
+            return current
+        capacity = round_up(max(nbytes, 1), ARENA_GRANULE)
+        growth = capacity - (current.capacity if current is not None else 0)
+        self._reserve(growth, context)
         tmp = path.with_suffix(".arena.new")
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -176,8 +213,7 @@ class Store:
             os.replace(tmp, path)
             arena.path = path
         except BaseException:
-            with self._lock:
-                self._used -= growth
+            self._release(growth)
             raise
         if current is not None:
             current.close()
@@ -204,7 +240,9 @@ class Store:
         """Re-adopt arenas left by an earlier daemon; drop half-written ones."""
         adopted: list[AdoptedSlot] = []
         for job_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for leftover in job_dir.glob("*.new"):
+            # Half-written arenas, and parity cells (not re-adopted: the next committed step
+            # rebuilds them), are dropped.
+            for leftover in [*job_dir.glob("*.new"), *job_dir.glob("p*.arena")]:
                 leftover.unlink(missing_ok=True)
             for path in sorted(job_dir.glob("*.arena")):
                 name = _ARENA_NAME.match(path.name)

@@ -219,6 +219,64 @@ class WaitCommittedResponse(_message.Message):
     committed_step: int
     def __init__(self, committed: _Optional[bool] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ...) -> None: ...
 
+class ConfigureRequest(_message.Message):
+    __slots__ = ("node_rank", "num_nodes", "group_size", "parity", "placement", "peer_addresses", "secret")
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    node_rank: int
+    num_nodes: int
+    group_size: int
+    parity: int
+    placement: str
+    peer_addresses: _containers.RepeatedScalarFieldContainer[str]
+    secret: bytes
+    def __init__(self, node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., group_size: _Optional[int] = ..., parity: _Optional[int] = ..., placement: _Optional[str] = ..., peer_addresses: _Optional[_Iterable[str]] = ..., secret: _Optional[bytes] = ...) -> None: ...
+
+class ConfigureResponse(_message.Message):
+    __slots__ = ("layout",)
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    layout: str
+    def __init__(self, layout: _Optional[str] = ...) -> None: ...
+
+class SaveReadyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SaveReadyResponse(_message.Message):
+    __slots__ = ("ready", "has_pending", "pending_step")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    HAS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_STEP_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    has_pending: bool
+    pending_step: int
+    def __init__(self, ready: _Optional[bool] = ..., has_pending: _Optional[bool] = ..., pending_step: _Optional[int] = ...) -> None: ...
+
+class RebuildRequest(_message.Message):
+    __slots__ = ("timeout_ms",)
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    def __init__(self, timeout_ms: _Optional[int] = ...) -> None: ...
+
+class RebuildResponse(_message.Message):
+    __slots__ = ("rebuilt", "has_step", "step", "seconds", "bytes_fetched")
+    REBUILT_FIELD_NUMBER: _ClassVar[int]
+    HAS_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    rebuilt: bool
+    has_step: bool
+    step: int
+    seconds: float
+    bytes_fetched: int
+    def __init__(self, rebuilt: _Optional[bool] = ..., has_step: _Optional[bool] = ..., step: _Optional[int] = ..., seconds: _Optional[float] = ..., bytes_fetched: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -238,7 +296,7 @@ class RankStatus(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotInfo, _Mapping]]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection")
+    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +307,11 @@ class JobStatus(_message.Message):
     RANKS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     PROTECTION_FIELD_NUMBER: _ClassVar[int]
+    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
+    GROUP_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PARITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HAS_PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_STEP_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     world_size: int
     num_nodes: int
@@ -259,7 +322,12 @@ class JobStatus(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
     last_error: str
     protection: str
-    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ...) -> None: ...
+    node_rank: int
+    group_members: _containers.RepeatedScalarFieldContainer[int]
+    parity_bytes: int
+    has_protected: bool
+    protected_step: int
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("version", "pid", "socket", "store_dir", "grpc_address", "memory_limit", "memory_used", "store_free", "codec_engine", "uptime_s", "jobs")
@@ -288,7 +356,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status")
+    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +367,9 @@ class Request(_message.Message):
     OPEN_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     WAIT_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURE_FIELD_NUMBER: _ClassVar[int]
+    SAVE_READY_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     register: RegisterRequest
@@ -309,10 +380,13 @@ class Request(_message.Message):
     open_snapshot: OpenSnapshotRequest
     wait_committed: WaitCommittedRequest
     status: StatusRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ...) -> None: ...
+    configure: ConfigureRequest
+    save_ready: SaveReadyRequest
+    rebuild: RebuildRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +397,9 @@ class Response(_message.Message):
     OPEN_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     WAIT_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURE_FIELD_NUMBER: _ClassVar[int]
+    SAVE_READY_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -333,4 +410,7 @@ class Response(_message.Message):
     open_snapshot: OpenSnapshotResponse
     wait_committed: WaitCommittedResponse
     status: StatusResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ...) -> None: ...
+    configure: ConfigureResponse
+    save_ready: SaveReadyResponse
+    rebuild: RebuildResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ...) -> None: ...

@@ -39,12 +39,56 @@ class PeerStub:
                 request_serializer=smp_dot___proto_dot_peer__pb2.InfoRequest.SerializeToString,
                 response_deserializer=smp_dot___proto_dot_peer__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.PushChunk = channel.stream_unary(
+                '/ecsnap.v1.Peer/PushChunk',
+                request_serializer=smp_dot___proto_dot_peer__pb2.PushChunkRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.PushChunkResponse.FromString,
+                _registered_method=True)
+        self.Protected = channel.unary_unary(
+                '/ecsnap.v1.Peer/Protected',
+                request_serializer=smp_dot___proto_dot_peer__pb2.ProtectedRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.ProtectedResponse.FromString,
+                _registered_method=True)
+        self.JobState = channel.unary_unary(
+                '/ecsnap.v1.Peer/JobState',
+                request_serializer=smp_dot___proto_dot_peer__pb2.JobStateRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.JobStateResponse.FromString,
+                _registered_method=True)
+        self.FetchCell = channel.unary_stream(
+                '/ecsnap.v1.Peer/FetchCell',
+                request_serializer=smp_dot___proto_dot_peer__pb2.FetchCellRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.FetchCellResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Info(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushChunk(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Protected(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchCell(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +101,26 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=smp_dot___proto_dot_peer__pb2.InfoRequest.FromString,
                     response_serializer=smp_dot___proto_dot_peer__pb2.InfoResponse.SerializeToString,
+            ),
+            'PushChunk': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushChunk,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.PushChunkRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.PushChunkResponse.SerializeToString,
+            ),
+            'Protected': grpc.unary_unary_rpc_method_handler(
+                    servicer.Protected,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.ProtectedRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.ProtectedResponse.SerializeToString,
+            ),
+            'JobState': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobState,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.JobStateRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.JobStateResponse.SerializeToString,
+            ),
+            'FetchCell': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchCell,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.FetchCellRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.FetchCellResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +150,114 @@ class Peer:
             '/ecsnap.v1.Peer/Info',
             smp_dot___proto_dot_peer__pb2.InfoRequest.SerializeToString,
             smp_dot___proto_dot_peer__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushChunk(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ecsnap.v1.Peer/PushChunk',
+            smp_dot___proto_dot_peer__pb2.PushChunkRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.PushChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Protected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecsnap.v1.Peer/Protected',
+            smp_dot___proto_dot_peer__pb2.ProtectedRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.ProtectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecsnap.v1.Peer/JobState',
+            smp_dot___proto_dot_peer__pb2.JobStateRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.JobStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchCell(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ecsnap.v1.Peer/FetchCell',
+            smp_dot___proto_dot_peer__pb2.FetchCellRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.FetchCellResponse.FromString,
             options,
             channel_credentials,
             insecure,

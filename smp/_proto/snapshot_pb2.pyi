@@ -61,3 +61,27 @@ class SlotRecord(_message.Message):
     checksums: Checksums
     completed_unix: float
     def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., slot: _Optional[int] = ..., step: _Optional[int] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ..., checksums: _Optional[_Union[Checksums, _Mapping]] = ..., completed_unix: _Optional[float] = ...) -> None: ...
+
+class ChunkDigest(_message.Message):
+    __slots__ = ("stripe", "length", "checksum")
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    stripe: int
+    length: int
+    checksum: int
+    def __init__(self, stripe: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
+
+class NodeManifest(_message.Message):
+    __slots__ = ("node", "step", "blob_bytes", "slots", "chunks")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    step: int
+    blob_bytes: int
+    slots: _containers.RepeatedCompositeFieldContainer[SlotRecord]
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkDigest]
+    def __init__(self, node: _Optional[int] = ..., step: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotRecord, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[ChunkDigest, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,189 @@
+"""Parity cells a node holds for its group, filled as data nodes stream their chunks in.
+
+Each node holds m parity cells per step (one per stripe where it is a parity holder), double
+buffered like the data slots: a new step never lands in the cell holding the committed step. Data
+nodes forward their raw chunks; the holder folds each ~1 MiB piece straight into the cell with the
+codec's fused multiply-XOR (ISA-L ec_encode_data_update), so nothing is buffered and the sender
+computes nothing. A cell is complete once every contributor's chunk arrived whole and matched
+its checksum. Also kept: the node manifests that came with the chunks (what a replacement node
+needs to rebuild its ranks' slots).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+
+from smp._proto import snapshot_pb2
+from smp.codec import Codec
+from smp.errors import BadRequest, Conflict
+from smp.layout import Group
+from smp.store import Arena, Store
+
+logger = logging.getLogger(__name__)
+
+CELL_SLOTS = 2
+
+
+@dataclass
+class Cell:
+    row: int
+    slot: int
+    arena: Arena | None = None
+    step: int = -1
+    stripe: int = -1
+    length: int = 0
+    done: dict[int, snapshot_pb2.ChunkDigest] = field(default_factory=dict)  # node -> digest
+    checksum: int | None = None  # of the complete cell
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def complete(self, group: Group) -> bool:
+        return self.step >= 0 and set(self.done) == set(group.contributors(self.stripe))
+
+
+class ParityHolder:
+    """The parity cells and received node manifests of one job on this node."""
+
+    def __init__(self, store: Store, job_id: str, node: int, group: Group, engine: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.node = node
+        self.group = group
+        self.codec = Codec(group.k, group.parity, engine=engine)
+        self._cells = {
+            row: [Cell(row, s) for s in range(CELL_SLOTS)] for _, row in group.parity_cells(node)
+        }
+        self._stripe_of_row = {row: stripe for stripe, row in group.parity_cells(node)}
+        self._lock = threading.Lock()
+        self.manifests: dict[int, dict[int, snapshot_pb2.NodeManifest]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.arena.capacity for cells in self._cells.values() for c in cells if c.arena)
+
+    def row_of(self, stripe: int) -> int:
+        holders = self.group.holders(stripe)
+        if self.node not in holders:
+            raise BadRequest(
+                f"node {self.node} holds no parity of stripe {stripe} (holders: {list(holders)})"
+            )
+        return holders.index(self.node)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def begin(
+        self,
+        step: int,
+        stripe: int,
+        from_node: int,
+        length: int,
+        manifest: snapshot_pb2.NodeManifest,
+        committed: int | None,
+    ) -> Cell:
+        """Pick (and if needed reset and grow) the cell that takes `from_node`'s chunk of `step`."""
+        if not 0 <= stripe < self.group.size:
+            raise BadRequest(f"stripe {stripe} is out of range 0..{self.group.size - 1}")
+        if from_node not in self.group.contributors(stripe):
+            raise BadRequest(f"node {from_node} contributes no data to stripe {stripe}")
+        row = self.row_of(stripe)
+        with self._lock:
+            cells = self._cells[row]
+            cell = next((c for c in cells if c.step == step), None)
+            if cell is None:
+                if committed is not None and step <= committed:
+                    raise Conflict(f"step {step} is not newer than the committed step {committed}")
+                keep = next((c for c in cells if c.step == committed), None)
+                target = min((c for c in cells if c is not keep), key=lambda c: c.step)
+                if target.step > step:
+                    raise Conflict(f"step {step} was superseded by step {target.step}")
+                target.step, target.stripe, target.done, target.checksum = step, stripe, {}, None
+                target.length = 0
+                cell = target
+                with cell.lock:
+                    if cell.arena is not None:  # XOR accumulation starts from zero
+                        np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
+            # A node may send several chunks here: keep the first copy (it collects digests).
+            self.manifests.setdefault(step, {}).setdefault(from_node, manifest)
+        with cell.lock:
+            if cell.step != step:
+                raise Conflict(f"step {step} was superseded while its chunk arrived")
+            context = f"parity of step {step} (job {self.job_id!r}, stripe {stripe})"
+            if cell.arena is None:
+                path = self.store.parity_path(self.job_id, row, cell.slot)
+                cell.arena = self.store.allocate(path, length, None, context)
+                np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
+            elif length > cell.arena.capacity:
+                self.store.grow(cell.arena, length, context)
+            cell.length = max(cell.length, length)
+        return cell
+
+    def accumulate(self, cell: Cell, step: int, from_node: int, offset: int, piece: bytes) -> None:
+        """Fold bytes [offset, offset+len) of `from_node`'s chunk into the cell."""
+        group = self.group
+        data_index = group.contributors(cell.stripe).index(from_node)
+        with cell.lock:
+            if cell.step != step or cell.arena is None:
+                raise Conflict(f"step {step} was superseded while its chunk arrived")
+            if offset + len(piece) > cell.length:
+                raise BadRequest(
+                    f"chunk of node {from_node} overruns its announced length {cell.length}"
+                )
+            out = cell.arena.view()[offset : offset + len(piece)]
+            self.codec.partial_decode(
+                range(group.k), [group.k + self.row_of(cell.stripe)], data_index, piece, [out]
+            )
+
+    def finish(
+        self, cell: Cell, step: int, from_node: int, digest: snapshot_pb2.ChunkDigest
+    ) -> bool:
+        """Record a whole, verified chunk; True when it completed the cell."""
+        with cell.lock:
+            if cell.step != step:
+                raise Conflict(f"step {step} was superseded while its chunk arrived")
+            cell.done[from_node] = digest
+            if not cell.complete(self.group) or cell.arena is None:
+                return False
+            cell.checksum = xxhash.xxh3_64_intdigest(cell.arena.view()[: cell.length])
+        with self._lock:
+            manifest = self.manifests.get(step, {}).get(from_node)
+            if manifest is not None:
+                manifest.chunks.append(digest)
+        return True
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def complete(self, step: int) -> bool:
+        """Every parity cell this node holds for `step` is complete."""
+        for cells in self._cells.values():
+            if not any(c.step == step and c.complete(self.group) for c in cells):
+                return False
+        return True
+
+    def cell(self, step: int, stripe: int) -> Cell | None:
+        row = self.row_of(stripe)
+        return next((c for c in self._cells[row] if c.step == step and c.stripe == stripe), None)
+
+    def install(self, step: int, stripe: int, data: memoryview, digests: dict[int, int]) -> None:
+        """Put a rebuilt parity cell in place (replacement node), complete."""
+        row = self.row_of(stripe)
+        with self._lock:
+            cell = min(self._cells[row], key=lambda c: c.step)
+            path = self.store.parity_path(self.job_id, row, cell.slot)
+            context = f"rebuilt parity of step {step} (job {self.job_id!r}, stripe {stripe})"
+            cell.arena = self.store.allocate(path, len(data), cell.arena, context)
+            cell.arena.view()[: len(data)] = data
+            cell.step, cell.stripe, cell.length = step, stripe, len(data)
+            cell.done = {
+                n: snapshot_pb2.ChunkDigest(stripe=stripe, checksum=c) for n, c in digests.items()
+            }
+            cell.checksum = xxhash.xxh3_64_intdigest(data)
+
+    def forget_before(self, step: int) -> None:
+        """Drop node manifests of steps older than `step` (the committed one)."""
+        with self._lock:
+            for old in [s for s in self.manifests if s < step]:
+                del self.manifests[old]

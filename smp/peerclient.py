@@ -1,0 +1,90 @@
+"""Calls to other SMPs' peer service: one channel per address, the job's secret on every call.
+
+Streams carry ~1 MiB messages (loopback measured: raw byte streams ~2.5 GB/s, protobuf-wrapped
+~2.0 GB/s, large unary messages far less).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from smp._proto import peer_pb2, peer_pb2_grpc
+from smp.defaults import PEER_MAX_MESSAGE, PEER_TOKEN_KEY
+
+
+class PeerClient:
+    def __init__(self, address: str, secret: bytes) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
+                ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
+            ],
+        )
+        self.stub = peer_pb2_grpc.PeerStub(self._channel)
+        self.metadata = ((PEER_TOKEN_KEY, secret.hex()),)
+
+    def push_chunk(self, requests: Iterator[peer_pb2.PushChunkRequest], timeout: float) -> None:
+        self.stub.PushChunk(requests, timeout=timeout, metadata=self.metadata)
+
+    def protected(self, job_id: str, node: int, step: int, timeout: float) -> None:
+        self.stub.Protected(
+            peer_pb2.ProtectedRequest(job_id=job_id, node=node, step=step),
+            timeout=timeout,
+            metadata=self.metadata,
+        )
+
+    def job_state(self, job_id: str, timeout: float) -> peer_pb2.JobStateResponse:
+        response: peer_pb2.JobStateResponse = self.stub.JobState(
+            peer_pb2.JobStateRequest(job_id=job_id), timeout=timeout, metadata=self.metadata
+        )
+        return response
+
+    def fetch_cell(
+        self, job_id: str, step: int, stripe: int, timeout: float
+    ) -> tuple[int, bytearray]:
+        """(checksum, bytes) of the peer's cell of `stripe` for `step`."""
+        stream = self.stub.FetchCell(
+            peer_pb2.FetchCellRequest(job_id=job_id, step=step, stripe=stripe),
+            timeout=timeout,
+            metadata=self.metadata,
+        )
+        buf = bytearray()
+        checksum = 0
+        for msg in stream:
+            if msg.HasField("header"):
+                checksum = msg.header.checksum
+                buf = bytearray(msg.header.length)
+                at = 0
+            else:
+                buf[at : at + len(msg.data)] = msg.data
+                at += len(msg.data)
+        return checksum, buf
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class PeerClients:
+    """A cache of clients by address, rebuilt when the job's secret changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, bytes], PeerClient] = {}
+
+    def get(self, address: str, secret: bytes) -> PeerClient:
+        with self._lock:
+            client = self._clients.get((address, secret))
+            if client is None:
+                client = self._clients[(address, secret)] = PeerClient(address, secret)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,116 @@
+"""Sending side of parity: stream this node's chunks to their holders; announce protection.
+
+A node's blob for a step is its ranks' slots back to back (rank order), cut into k chunks. Chunk i
+goes, raw, to the m parity holders of its stripe, in ~1 MiB messages read straight from the
+arenas, with an xxh3 checksum of the whole chunk at the end (the holder verifies it and keeps it,
+so a rebuilt chunk can be checked later). Per-node traffic per snapshot is therefore m x S.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+
+import xxhash
+
+from smp._proto import peer_pb2, snapshot_pb2
+from smp.cluster import ClusterState
+from smp.defaults import PEER_PIECE as PIECE
+from smp.layout import chunk_range
+from smp.peerclient import PeerClients
+
+logger = logging.getLogger(__name__)
+
+
+def blob_pieces(parts: list[memoryview], start: int, end: int) -> Iterator[memoryview]:
+    """Pieces of at most PIECE bytes covering [start, end) of the concatenation of `parts`."""
+    base = 0
+    for part in parts:
+        lo, hi = max(start, base), min(end, base + len(part))
+        while lo < hi:
+            step = min(PIECE, hi - lo)
+            yield part[lo - base : lo - base + step]
+            lo += step
+        base += len(part)
+
+
+def _requests(
+    header: peer_pb2.ChunkHeader,
+    parts: list[memoryview],
+    start: int,
+    end: int,
+    digest: snapshot_pb2.ChunkDigest,
+) -> Iterator[peer_pb2.PushChunkRequest]:
+    yield peer_pb2.PushChunkRequest(header=header)
+    hasher = xxhash.xxh3_64()
+    for piece in blob_pieces(parts, start, end):
+        hasher.update(piece)
+        yield peer_pb2.PushChunkRequest(data=bytes(piece))
+    digest.checksum = hasher.intdigest()
+    yield peer_pb2.PushChunkRequest(checksum=digest.checksum)
+
+
+def send_chunks(
+    clients: PeerClients,
+    job_id: str,
+    cluster: ClusterState,
+    step: int,
+    parts: list[memoryview],
+    manifest: snapshot_pb2.NodeManifest,
+    executor: Executor,
+    timeout: float,
+) -> list[snapshot_pb2.ChunkDigest]:
+    """Push every chunk of this node's blob to its holders; raises on the first failure."""
+    group = cluster.group
+    blob = sum(len(p) for p in parts)
+    futures: list[Future[None]] = []
+    digests = []
+    for i, stripe in enumerate(group.data_stripes(cluster.node)):
+        start, end = chunk_range(blob, group.k, i)
+        for holder in group.holders(stripe):
+            header = peer_pb2.ChunkHeader(
+                job_id=job_id,
+                step=step,
+                from_node=cluster.node,
+                stripe=stripe,
+                length=end - start,
+                manifest=manifest,
+            )
+            digest = snapshot_pb2.ChunkDigest(stripe=stripe, length=end - start)
+            client = clients.get(cluster.addresses[holder], cluster.secret)
+            requests = _requests(header, parts, start, end, digest)
+            futures.append(executor.submit(client.push_chunk, requests, timeout))
+            if holder == group.holders(stripe)[0]:
+                digests.append(digest)
+    for fut in futures:
+        fut.result()
+    return digests
+
+
+def announce(
+    clients: PeerClients,
+    job_id: str,
+    cluster: ClusterState,
+    step: int,
+    executor: Executor,
+    timeout: float,
+) -> None:
+    """Tell every other node of the job that this node holds `step` protected (best effort)."""
+
+    def one(node: int) -> None:
+        try:
+            clients.get(cluster.addresses[node], cluster.secret).protected(
+                job_id, cluster.node, step, timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - a dead peer only delays the commit
+            logger.warning(
+                "job=%s step=%d: telling node %d it is protected failed: %s",
+                job_id,
+                step,
+                node,
+                exc,
+            )
+
+    for node in cluster.peers():
+        executor.submit(one, node)
