@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smp import defaults
+from smp.layout import Layout, LayoutError
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -73,3 +74,26 @@ def job_id_from(explicit: str | None, env: Mapping[str, str] | None = None) -> s
 def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return explicit or env.get(defaults.ENV_SOCKET) or defaults.default_socket()
+
+
+def layout_from(
+    num_nodes: int,
+    group_size: int | None,
+    parity: int | None,
+    placement: str | None,
+    env: Mapping[str, str] | None = None,
+) -> Layout:
+    """The job's redundancy: arguments, else $ECSNAP_GROUP_SIZE (4, capped by the node count),
+    $ECSNAP_PARITY (1) and $ECSNAP_PLACEMENT (consecutive). Invalid settings raise ValueError."""
+    env = os.environ if env is None else env
+    g = (
+        group_size
+        if group_size is not None
+        else _int(env, defaults.ENV_GROUP_SIZE, defaults.DEFAULT_GROUP_SIZE)
+    )
+    m = parity if parity is not None else _int(env, defaults.ENV_PARITY, defaults.DEFAULT_PARITY)
+    where = placement or env.get(defaults.ENV_PLACEMENT) or "consecutive"
+    try:
+        return Layout.for_job(num_nodes, g, m, where)
+    except LayoutError as exc:
+        raise ValueError(f"invalid ecsnap redundancy settings: {exc}") from None

@@ -29,6 +29,19 @@ class SaveHandle:
         self._error: BaseException | None = None
         self._wait_committed = wait_committed
         self.protected_s: float | None = None
+        self.skipped = False  # not snapshotted: the previous step was not committed yet
+
+    @classmethod
+    def skipped_step(
+        cls, step: int, wait_committed: Callable[[int, float | None], None]
+    ) -> SaveHandle:
+        """A save the job skipped on every rank (on_busy="skip")."""
+        handle = cls(step, 0, wait_committed)
+        handle.skipped = True
+        handle._cpu_done.set()
+        handle._copied.set()
+        handle._handed_over.set()
+        return handle
 
     # -- set by the snapshotter's worker --------------------------------------------------------
 
@@ -66,6 +79,13 @@ class SaveHandle:
 
     def wait_protected(self, timeout: float | None = None) -> None:
         """Block until the step is committed on the SMP side; raise if it failed or timed out."""
+        if self.skipped:
+            raise SnapshotError(
+                f"step {self.step} was skipped (the previous step was not yet committed on "
+                "every node), so it will never be protected; save with on_busy='wait' where "
+                "a step must be protected (e.g. the last one)",
+                code="SKIPPED",
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         self.wait(timeout)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -79,5 +99,13 @@ class SaveHandle:
             self.protected_s = time.perf_counter() - self._started
 
     def __repr__(self) -> str:
-        state = "failed" if self._error else "copied" if self.done() else "copying"
+        state = (
+            "skipped"
+            if self.skipped
+            else "failed"
+            if self._error
+            else "copied"
+            if self.done()
+            else "copying"
+        )
         return f"SaveHandle(step={self.step}, {state})"

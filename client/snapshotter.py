@@ -7,6 +7,9 @@ Ordering invariants:
   makes the compute stream wait for the copy stream instead of blocking the CPU.
 - The SMP is told "step S is in slot X" only after every byte is in the slot.
 - At most one save is in flight; errors of a background save surface at the next call.
+- Multi-node jobs: ranks join collectively (restore() or the first save()): SMP addresses and the
+  job's secret travel through the process group. Before each save the ranks agree (one small
+  all-reduce) that every SMP has a free slot, so all ranks save or all skip the same step.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch.distributed as dist
 
 from ecsnap.arena import MappedArena
 from ecsnap.channel import Channel
-from ecsnap.env import RankEnv, job_id_from, socket_from
+from ecsnap.cluster import JobGroup, exchange_addresses
+from ecsnap.env import RankEnv, job_id_from, layout_from, socket_from
 from ecsnap.errors import EcsnapError, RestoreError, SnapshotError
 from ecsnap.flatten import FlatState, arena_views, flatten, unflatten
 from ecsnap.handle import SaveHandle
@@ -42,7 +46,13 @@ class Snapshotter:
     job_id: default $ECSNAP_JOB, else $TORCHELASTIC_RUN_ID, else "default".
     socket: default $ECSNAP_SOCKET, else /tmp/ecsnap-<uid>/smp.sock.
     process_group: used to agree on the step to restore; default: the default group if initialized.
+    group_size, parity, placement: redundancy across nodes; default $ECSNAP_GROUP_SIZE (4, capped
+      by the node count), $ECSNAP_PARITY (1), $ECSNAP_PLACEMENT ("consecutive" or "strided").
+    on_busy: what save() does while the previous step is not yet committed on every node:
+      "skip" (default: the step is not snapshotted; training goes on) or "wait".
     """
+
+    ON_BUSY = ("skip", "wait")
 
     def __init__(
         self,
@@ -52,7 +62,14 @@ class Snapshotter:
         *,
         timeout: float = 60.0,
         verify: bool = True,
+        group_size: int | None = None,
+        parity: int | None = None,
+        placement: str | None = None,
+        on_busy: str = "skip",
     ) -> None:
+        if on_busy not in self.ON_BUSY:
+            raise ValueError(f"on_busy={on_busy!r}: use 'skip' or 'wait'")
+        self.on_busy = on_busy
         self.job_id = job_id_from(job_id)
         self.socket = socket_from(socket)
         self.timeout = timeout
@@ -70,6 +87,11 @@ class Snapshotter:
         self._closed = False
         self.smp_info: pb.RegisterResponse | None = None
         self.fence_wait_s = 0.0  # total time optimizer/module hooks waited for copies
+        self.skipped = 0  # saves skipped because the previous step was not committed yet
+        self.layout = layout_from(self.env.num_nodes, group_size, parity, placement)
+        self._group: JobGroup | None = None
+        self._introduction: dict[str, Any] | None = None  # the Configure sent to the SMP
+        self.last_rebuild: pb.RebuildResponse | None = None
 
     # -- where we are ---------------------------------------------------------------------------
 
@@ -119,6 +141,49 @@ class Snapshotter:
             self.socket,
             self.job_id,
         )
+        if self._introduction is not None:  # the SMP restarted: introduce the job again
+            self._channel.call("configure", **self._introduction)
+
+    def _join(self) -> None:
+        """Collective, once: register, exchange SMP addresses and the secret, configure the SMP."""
+        if self._group is not None:
+            return
+        e, own, address = self.env, None, ""
+        try:
+            self._ensure_registered()
+            assert self.smp_info is not None
+            address = self.smp_info.grpc_address
+        except EcsnapError as exc:
+            own = exc
+        group = JobGroup.create(self._pg)
+        try:
+            intro = exchange_addresses(
+                group, e.rank, e.node_rank, e.num_nodes, address, str(own or "")
+            )
+        except SnapshotError:
+            if own is not None:
+                raise own from None  # this rank's own failure, with its type (e.g. no SMP)
+            raise
+        fields = {
+            "node_rank": e.node_rank,
+            "num_nodes": e.num_nodes,
+            "group_size": self.layout.group_size,
+            "parity": self.layout.parity,
+            "placement": self.layout.placement,
+            "peer_addresses": intro.addresses,
+            "secret": intro.secret,
+        }
+        error = ""
+        try:
+            described = self._call("configure", **fields).layout
+        except EcsnapError as exc:
+            error = str(exc)
+        failed = [f"rank {r}: {err}" for r, err in group.all_gather((e.rank, error)) if err]
+        if failed:  # also the barrier: every SMP knows the job before anyone goes on
+            raise SnapshotError("cannot introduce the job to its SMPs: " + "; ".join(failed))
+        self._introduction, self._group = fields, group
+        if e.rank == 0:
+            logger.info("job %s: %s", self.job_id, described)
 
     def _call(self, kind: str, **fields: Any) -> Any:
         """A control call that re-registers once if the SMP restarted and forgot us."""
@@ -133,15 +198,26 @@ class Snapshotter:
 
     # -- save -----------------------------------------------------------------------------------
 
-    def save(self, step: int, app_state: Mapping[str, Any]) -> SaveHandle:
-        """Snapshot `app_state` as `step`; returns once the background copy is launched."""
+    def save(
+        self, step: int, app_state: Mapping[str, Any], *, on_busy: str | None = None
+    ) -> SaveHandle:
+        """Snapshot `app_state` as `step`; returns once the background copy is launched.
+
+        Multi-node jobs: while the previous step is not committed on every node, the step is
+        skipped on every rank (the handle says `skipped`) or, with on_busy="wait" (here or in the
+        constructor), save waits for the commit. Every rank must pass the same on_busy."""
         self._check_open()
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         start = time.perf_counter()
         self._finish_inflight()
         self._raise_pending()
-        self._ensure_registered()
+        self._join()
+        if on_busy is not None and on_busy not in self.ON_BUSY:
+            raise ValueError(f"on_busy={on_busy!r}: use 'skip' or 'wait'")
+        if self.layout.protected and not self._slot_free_everywhere(on_busy or self.on_busy):
+            self.skipped += 1
+            return SaveHandle.skipped_step(step, self._wait_committed)
         self._install_guards(app_state)
         flat = flatten(app_state)
         grant = self._call("begin_save", rank=self.rank, step=step, nbytes=max(flat.nbytes, 1))
@@ -228,13 +304,42 @@ class Snapshotter:
         return arena
 
     def _finish_inflight(self) -> None:
+        # Until the SMP answered the previous commit, its slot is still being written: a new
+        # begin_save (another socket) could otherwise overtake the commit and supersede it.
         if self._inflight is not None:
-            self._inflight._copied.wait()
+            self._inflight._handed_over.wait()
 
     def _raise_pending(self) -> None:
         exc, self._error = self._error, None
         if exc is not None:
             raise SnapshotError(f"an earlier background save failed: {exc}") from exc
+
+    def _slot_free_everywhere(self, on_busy: str) -> bool:
+        """Collective: may every SMP of the job take a new step? (all ranks get the same answer)"""
+        assert self._group is not None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            busy, error = False, ""
+            try:
+                busy = not self._call("save_ready").ready
+            except EcsnapError as exc:
+                error = str(exc)
+            expired = on_busy == "skip" or time.monotonic() > deadline
+            any_busy, any_expired, any_error = self._group.max_flags(busy, expired, bool(error))
+            if any_error:
+                errors = self._group.all_gather((self.rank, error))
+                raise SnapshotError(
+                    "cannot save: " + "; ".join(f"rank {r}: {e}" for r, e in errors if e)
+                )
+            if not any_busy:
+                return True
+            if any_expired:
+                if on_busy == "wait":
+                    raise TimeoutError(
+                        f"waited {self.timeout}s for the previous step to commit on every node"
+                    )
+                return False
+            time.sleep(0.005)
 
     # -- guards: no tensor changes while its copy is in flight ----------------------------------
 
@@ -297,23 +402,32 @@ class Snapshotter:
         self._check_open()
         if self._inflight is not None:
             self._inflight._copied.wait()
-        steps, error = [], ""
+        self._join()
+        if self.layout.protected:
+            self._rebuild_if_lost()
+        steps, committed, error = [], None, ""
         try:
-            self._ensure_registered()
-            steps = list(self._call("list_steps", rank=self.rank).complete_steps)
+            listed = self._call("list_steps", rank=self.rank)
+            steps = list(listed.complete_steps)
+            committed = listed.committed_step if listed.has_committed else None
         except EcsnapError as exc:
             error = str(exc)
-        everyone = self._all_gather((self.rank, steps, error))
-        failed = [f"rank {r}: {e}" for r, _, e in everyone if e]
+        everyone = self._all_gather((self.rank, steps, committed, error))
+        failed = [f"rank {r}: {e}" for r, _, _, e in everyone if e]
         if failed:
             raise RestoreError("cannot restore: " + "; ".join(failed))
-        common = set.intersection(*(set(s) for _, s, _ in everyone))
+        common = set.intersection(*(set(s) for _, s, _, _ in everyone))
+        if self.layout.protected:
+            # Only a committed step is protected on every node; one SMP may have seen the
+            # commit of a newer step before another, and any of them proves it.
+            newest = max((c for _, _, c, _ in everyone if c is not None), default=None)
+            common = {s for s in common if newest is not None and s <= newest}
         if not common:
-            if any(s for _, s, _ in everyone):
+            if any(s for _, s, _, _ in everyone):
                 logger.warning(
-                    "rank %d: no step is held by every rank (%s); starting fresh",
+                    "rank %d: no committed step is held by every rank (%s); starting fresh",
                     self.rank,
-                    {r: s for r, s, _ in everyone},
+                    {r: s for r, s, _, _ in everyone},
                 )
             return None
         problems = []
@@ -335,6 +449,31 @@ class Snapshotter:
             return int(step)
         raise RestoreError("no common step could be restored: " + " | ".join(problems))
 
+    def _rebuild_if_lost(self) -> None:
+        """Collective: an SMP that lost the job's committed step (a replacement node) rebuilds it
+        from its group's peers; one rank per node asks, every rank learns the outcome."""
+        error = ""
+        if self.env.local_rank == 0:
+            try:
+                self.last_rebuild = self._call(
+                    "rebuild", timeout=self.timeout * 10, timeout_ms=int(self.timeout * 10_000)
+                )
+            except EcsnapError as exc:
+                error = str(exc)
+        outcome = self._all_gather((self.env.node_rank, error, self.last_rebuild is not None))
+        failed = [f"node {n}: {e}" for n, e, _ in outcome if e]
+        if failed:
+            raise RestoreError("cannot restore: " + "; ".join(sorted(set(failed))))
+        r = self.last_rebuild
+        if r is not None and r.rebuilt:
+            logger.warning(
+                "node %d: rebuilt step %d from its group's peers in %.2fs (%d bytes fetched)",
+                self.env.node_rank,
+                r.step,
+                r.seconds,
+                r.bytes_fetched,
+            )
+
     def _load(self, opened: pb.OpenSnapshotResponse, app_state: MutableMapping[str, Any]) -> None:
         manifest = snapshot_pb2.Manifest()
         manifest.ParseFromString(opened.manifest)
@@ -345,11 +484,8 @@ class Snapshotter:
             arena.close()  # nothing loaded refers to the arena: load_into copies or clones
 
     def _all_gather(self, obj: Any) -> list[Any]:
-        if not (dist.is_available() and dist.is_initialized()):
-            return [obj]
-        out: list[Any] = [None] * dist.get_world_size(self._pg)
-        dist.all_gather_object(out, obj, group=self._pg)
-        return out
+        assert self._group is not None  # joined first
+        return self._group.all_gather(obj)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

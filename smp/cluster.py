@@ -50,6 +50,16 @@ class ClusterState:
         common = set.intersection(*self.protected_by.values())
         return max(common) if common else None
 
+    def restart(self, committed: int | None) -> None:
+        """The job was relaunched: forget what it had in flight after `committed`."""
+        self.pending = None
+        if committed is None or (self.protected is not None and self.protected > committed):
+            self.protected = committed
+        for steps in self.protected_by.values():
+            steps.difference_update({s for s in steps if committed is None or s > committed})
+        if self.holder is not None:
+            self.holder.restart(committed)
+
     def begin(self, step: int) -> None:
         if self.pending is None or step > self.pending:
             self.pending, self.pending_since = step, time.monotonic()

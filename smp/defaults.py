@@ -10,6 +10,11 @@ import os
 # Environment variables read by the trainer library (ecsnap).
 ENV_SOCKET = "ECSNAP_SOCKET"
 ENV_JOB = "ECSNAP_JOB"
+ENV_GROUP_SIZE = "ECSNAP_GROUP_SIZE"
+ENV_PARITY = "ECSNAP_PARITY"
+ENV_PLACEMENT = "ECSNAP_PLACEMENT"
+DEFAULT_GROUP_SIZE = 4
+DEFAULT_PARITY = 1
 
 # Environment variables read by the daemon (`smp serve`); flags override them.
 ENV_SMP_SOCKET = "SMP_SOCKET"

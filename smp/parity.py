@@ -39,6 +39,7 @@ class Cell:
     length: int = 0
     done: dict[int, snapshot_pb2.ChunkDigest] = field(default_factory=dict)  # node -> digest
     checksum: int | None = None  # of the complete cell
+    epoch: int = 0  # the job incarnation whose chunks fill the cell
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def complete(self, group: Group) -> bool:
@@ -60,6 +61,7 @@ class ParityHolder:
         self._stripe_of_row = {row: stripe for stripe, row in group.parity_cells(node)}
         self._lock = threading.Lock()
         self.manifests: dict[int, dict[int, snapshot_pb2.NodeManifest]] = {}
+        self.epoch = 0  # bumped when the job restarts: chunks of its earlier incarnation are stale
 
     @property
     def nbytes(self) -> int:
@@ -83,8 +85,11 @@ class ParityHolder:
         length: int,
         manifest: snapshot_pb2.NodeManifest,
         committed: int | None,
-    ) -> Cell:
-        """Pick (and if needed reset and grow) the cell that takes `from_node`'s chunk of `step`."""
+    ) -> tuple[Cell, int]:
+        """Pick (and if needed reset and grow) the cell that takes `from_node`'s chunk of `step`.
+
+        Returns the cell and the epoch the chunk belongs to; pass both on to `accumulate`.
+        """
         if not 0 <= stripe < self.group.size:
             raise BadRequest(f"stripe {stripe} is out of range 0..{self.group.size - 1}")
         if from_node not in self.group.contributors(stripe):
@@ -101,15 +106,18 @@ class ParityHolder:
                 if target.step > step:
                     raise Conflict(f"step {step} was superseded by step {target.step}")
                 target.step, target.stripe, target.done, target.checksum = step, stripe, {}, None
-                target.length = 0
+                target.length, target.epoch = 0, self.epoch
                 cell = target
                 with cell.lock:
                     if cell.arena is not None:  # XOR accumulation starts from zero
                         np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
+            elif from_node in cell.done:
+                raise Conflict(f"node {from_node} already delivered its chunk of step {step}")
+            epoch = self.epoch
             # A node may send several chunks here: keep the first copy (it collects digests).
             self.manifests.setdefault(step, {}).setdefault(from_node, manifest)
         with cell.lock:
-            if cell.step != step:
+            if cell.step != step or cell.epoch != epoch:
                 raise Conflict(f"step {step} was superseded while its chunk arrived")
             context = f"parity of step {step} (job {self.job_id!r}, stripe {stripe})"
             if cell.arena is None:
@@ -119,14 +127,16 @@ class ParityHolder:
             elif length > cell.arena.capacity:
                 self.store.grow(cell.arena, length, context)
             cell.length = max(cell.length, length)
-        return cell
+        return cell, epoch
 
-    def accumulate(self, cell: Cell, step: int, from_node: int, offset: int, piece: bytes) -> None:
+    def accumulate(
+        self, cell: Cell, epoch: int, step: int, from_node: int, offset: int, piece: bytes
+    ) -> None:
         """Fold bytes [offset, offset+len) of `from_node`'s chunk into the cell."""
         group = self.group
         data_index = group.contributors(cell.stripe).index(from_node)
         with cell.lock:
-            if cell.step != step or cell.arena is None:
+            if cell.step != step or cell.epoch != epoch or cell.arena is None:
                 raise Conflict(f"step {step} was superseded while its chunk arrived")
             if offset + len(piece) > cell.length:
                 raise BadRequest(
@@ -138,11 +148,11 @@ class ParityHolder:
             )
 
     def finish(
-        self, cell: Cell, step: int, from_node: int, digest: snapshot_pb2.ChunkDigest
+        self, cell: Cell, epoch: int, step: int, from_node: int, digest: snapshot_pb2.ChunkDigest
     ) -> bool:
         """Record a whole, verified chunk; True when it completed the cell."""
         with cell.lock:
-            if cell.step != step:
+            if cell.step != step or cell.epoch != epoch:
                 raise Conflict(f"step {step} was superseded while its chunk arrived")
             cell.done[from_node] = digest
             if not cell.complete(self.group) or cell.arena is None:
@@ -181,6 +191,19 @@ class ParityHolder:
                 n: snapshot_pb2.ChunkDigest(stripe=stripe, checksum=c) for n, c in digests.items()
             }
             cell.checksum = xxhash.xxh3_64_intdigest(data)
+
+    def restart(self, committed: int | None) -> None:
+        """The job restarted: parity of steps after `committed` is void (they will be saved again,
+        maybe with other bytes), and chunks still streaming from the old incarnation are refused."""
+        with self._lock:
+            self.epoch += 1
+            for cells in self._cells.values():
+                for c in cells:
+                    if committed is None or c.step > committed:
+                        with c.lock:
+                            c.step, c.done, c.checksum, c.length = -1, {}, None, 0
+            for step in [s for s in self.manifests if committed is None or s > committed]:
+                del self.manifests[step]
 
     def forget_before(self, step: int) -> None:
         """Drop node manifests of steps older than `step` (the committed one)."""

@@ -8,6 +8,7 @@ Domain errors are mapped to gRPC status codes here, never leaked as exceptions.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from concurrent import futures
 from typing import NoReturn
@@ -55,6 +56,13 @@ def _abort(context: grpc.ServicerContext, exc: SmpError) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+def advertised_address(host: str, port: int) -> str:
+    """The address peers dial: a wildcard bind is advertised under this machine's host name."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _token(context: grpc.ServicerContext) -> str:
     return next((str(v) for k, v in context.invocation_metadata() if k == PEER_TOKEN_KEY), "")
 
@@ -90,14 +98,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 raise BadRequest("a chunk stream must start with its header")
             h = first.header
             self._replication.authorize(h.job_id, _token(context))
-            holder, cell = self._replication.parity_begin(
+            holder, cell, epoch = self._replication.parity_begin(
                 h.job_id, h.step, h.stripe, h.from_node, h.length, h.manifest
             )
             hasher, offset = xxhash.xxh3_64(), 0
             for req in request_iterator:
                 part = req.WhichOneof("part")
                 if part == "data":
-                    holder.accumulate(cell, h.step, h.from_node, offset, req.data)
+                    holder.accumulate(cell, epoch, h.step, h.from_node, offset, req.data)
                     hasher.update(req.data)
                     offset += len(req.data)
                 elif part == "checksum":
@@ -114,7 +122,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                         stripe=h.stripe, length=h.length, checksum=req.checksum
                     )
                     self._replication.parity_finish(
-                        h.job_id, holder, cell, h.step, h.from_node, digest
+                        h.job_id, holder, cell, epoch, h.step, h.from_node, digest
                     )
                     return peer_pb2.PushChunkResponse()
                 else:
@@ -182,7 +190,7 @@ class PeerServer:
         self.port = self._server.add_insecure_port(target)
         if self.port == 0:
             raise OSError(f"gRPC could not bind {target}: is the port in use?")
-        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.address = advertised_address(host, self.port)
         servicer.address = self.address
 
     def start(self) -> None:

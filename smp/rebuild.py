@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +67,68 @@ def _data_length(
     return end - start
 
 
+def _fetch_cells(
+    clients: PeerClients,
+    cluster: ClusterState,
+    job_id: str,
+    step: int,
+    stripe: int,
+    candidates: list[tuple[int, int]],
+    cell_len: int,
+    digests_of: dict[int, dict[int, snapshot_pb2.ChunkDigest]],
+    executor: Executor,
+    timeout: float,
+) -> tuple[dict[int, np.ndarray], int]:
+    """k good cells of `stripe` (index -> zero-padded cell), fetched concurrently; a cell that
+    fails or does not match its checksum is an erasure, replaced by the next survivor's."""
+    k = cluster.group.k
+    waiting = list(candidates)
+    running: dict[Future[tuple[int, bytearray]], tuple[int, int]] = {}
+    cells: dict[int, np.ndarray] = {}
+    fetched = 0
+    while len(cells) < k and (waiting or running):
+        while waiting and len(cells) + len(running) < k:
+            index, owner = waiting.pop(0)
+            client = clients.get(cluster.addresses[owner], cluster.secret)
+            running[executor.submit(client.fetch_cell, job_id, step, stripe, timeout)] = (
+                index,
+                owner,
+            )
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            index, owner = running.pop(fut)
+            try:
+                checksum, data = fut.result()
+            except Exception as exc:  # noqa: BLE001 - an erasure; try the next survivor
+                logger.warning(
+                    "job=%s step=%d: fetching stripe %d from node %d failed: %s",
+                    job_id,
+                    step,
+                    stripe,
+                    owner,
+                    exc,
+                )
+                continue
+            fetched += len(data)
+            expected = digests_of[owner].get(stripe)
+            good = xxhash.xxh3_64_intdigest(data) == (
+                expected.checksum if index < k and expected is not None else checksum
+            )
+            if not good:
+                logger.error(
+                    "job=%s step=%d: node %d's cell of stripe %d is corrupt; treating it as lost",
+                    job_id,
+                    step,
+                    owner,
+                    stripe,
+                )
+                continue
+            cell = np.zeros(cell_len, dtype=np.uint8)
+            cell[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            cells[index] = cell
+    return cells, fetched
+
+
 def rebuild_node(
     clients: PeerClients,
     job_id: str,
@@ -94,7 +156,9 @@ def rebuild_node(
     if not committed:
         return None
     step = max(committed)
-    alive = {n for n, s in states.items() if s.has_committed and s.committed_step == step}
+    # A peer that has not yet seen the newest commit still holds that step's cells; one with
+    # nothing committed (a replacement, like this one) holds none.
+    alive = {n for n, s in states.items() if s.has_committed} & set(group.members)
     missing = sorted(set(group.members) - alive - {me})
     manifests = _merge_manifests(states, step)
     where = (
@@ -120,41 +184,19 @@ def rebuild_node(
             for i in range(group.size)
             if group.cell_owner(stripe, i) in alive
         ]
-        cells: dict[int, np.ndarray] = {}
-        for index, owner in candidates:
-            if len(cells) == group.k:
-                break
-            try:
-                checksum, data = clients.get(cluster.addresses[owner], cluster.secret).fetch_cell(
-                    job_id, step, stripe, timeout
-                )
-            except Exception as exc:  # noqa: BLE001 - an erasure; try the next survivor
-                logger.warning(
-                    "job=%s step=%d: fetching stripe %d from node %d failed: %s",
-                    job_id,
-                    step,
-                    stripe,
-                    owner,
-                    exc,
-                )
-                continue
-            fetched += len(data)
-            expected = digests_of[owner].get(stripe)
-            good = xxhash.xxh3_64_intdigest(data) == (
-                expected.checksum if index < group.k and expected is not None else checksum
-            )
-            if not good:
-                logger.error(
-                    "job=%s step=%d: node %d's cell of stripe %d is corrupt; treating it as lost",
-                    job_id,
-                    step,
-                    owner,
-                    stripe,
-                )
-                continue
-            cell = np.zeros(cell_len, dtype=np.uint8)
-            cell[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-            cells[index] = cell
+        cells, got = _fetch_cells(
+            clients,
+            cluster,
+            job_id,
+            step,
+            stripe,
+            candidates,
+            cell_len,
+            digests_of,
+            executor,
+            timeout,
+        )
+        fetched += got
         if len(cells) < group.k:
             raise RebuildFailed(
                 f"cannot rebuild {where}: stripe {stripe} has {len(cells)} good "

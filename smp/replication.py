@@ -62,8 +62,11 @@ class Replication:
         self.commit_timeout = commit_timeout
         self.rpc_timeout = rpc_timeout
         self._lock = threading.RLock()
+        self._rebuild_lock = threading.Lock()  # one rebuild at a time; later callers see its result
         self._clusters: dict[str, ClusterState] = {}
         self._clients = PeerClients()
+        # Coordinators wait on pushes: separate pools, so waiting never starves the pushes.
+        self._coord_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-coord")
         self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smp-send")
         self._notify_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smp-notify")
         service.replication = self
@@ -110,6 +113,8 @@ class Replication:
                 cluster.protected_by, cluster.protected = old.protected_by, old.protected
                 cluster.pending, cluster.pending_since = old.pending, old.pending_since
                 cluster.digests = old.digests
+                if old.secret != cluster.secret:  # a new incarnation of the job
+                    cluster.restart(self._service.committed(job_id))
             self._clusters[job_id] = cluster
         self._service.set_clustered(job_id, layout.protected, layout.describe())
         logger.info("job=%s node=%d: %s", job_id, node, layout.describe())
@@ -126,8 +131,13 @@ class Replication:
         return cluster
 
     def authorize(self, job_id: str, token: str) -> None:
+        if not token:
+            raise Unauthenticated(
+                f"call for job {job_id!r} carries no secret: peers send the job's secret in "
+                "the x-ecsnap-token metadata"
+            )
         cluster = self._protected_cluster(job_id)
-        if not token or not hmac.compare_digest(token, cluster.secret.hex()):
+        if not hmac.compare_digest(token, cluster.secret.hex()):
             raise Unauthenticated(f"wrong or missing secret for job {job_id!r}")
 
     # -- saving ---------------------------------------------------------------------------------
@@ -156,7 +166,7 @@ class Replication:
         manifest = snapshot_pb2.NodeManifest(
             node=cluster.node, step=step, blob_bytes=sum(len(p) for p in parts), slots=records
         )
-        self._send_pool.submit(self._send, job_id, cluster, step, parts, manifest)
+        self._coord_pool.submit(self._send, job_id, cluster, step, parts, manifest)
 
     def _send(
         self,
@@ -203,27 +213,28 @@ class Replication:
         from_node: int,
         length: int,
         manifest: snapshot_pb2.NodeManifest,
-    ) -> tuple[ParityHolder, Cell]:
+    ) -> tuple[ParityHolder, Cell, int]:
         cluster = self._protected_cluster(job_id)
         assert cluster.holder is not None  # checked above
         if length > self._service.store.memory_limit:
             raise BadRequest(f"chunk of {length} bytes exceeds this SMP's memory limit")
-        cell = cluster.holder.begin(
+        cell, epoch = cluster.holder.begin(
             step, stripe, from_node, length, manifest, self._service.committed(job_id)
         )
-        return cluster.holder, cell
+        return cluster.holder, cell, epoch
 
     def parity_finish(
         self,
         job_id: str,
         holder: ParityHolder,
         cell: Cell,
+        epoch: int,
         step: int,
         from_node: int,
         digest: snapshot_pb2.ChunkDigest,
     ) -> None:
         self._service.emit("parity_received", job_id, digest.length)
-        if holder.finish(cell, step, from_node, digest):
+        if holder.finish(cell, epoch, step, from_node, digest):
             self.check_protected(job_id, step)
 
     # -- commit ---------------------------------------------------------------------------------
@@ -306,6 +317,10 @@ class Replication:
     # -- rebuild --------------------------------------------------------------------------------
 
     def rebuild(self, job_id: str, timeout: float) -> RebuildResult:
+        with self._rebuild_lock:
+            return self._rebuild(job_id, timeout)
+
+    def _rebuild(self, job_id: str, timeout: float) -> RebuildResult:
         cluster = self.cluster(job_id)
         committed = self._service.committed(job_id)
         if cluster is None or cluster.holder is None or committed is not None:
@@ -347,6 +362,7 @@ class Replication:
         )
 
     def close(self) -> None:
+        self._coord_pool.shutdown(wait=False, cancel_futures=True)
         self._send_pool.shutdown(wait=False, cancel_futures=True)
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
         self._clients.close()

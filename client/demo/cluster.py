@@ -136,17 +136,26 @@ class RankRun:
 
 
 def launch_ranks(
-    out: Path, job: str, sockets: list[str], ranks_per_node: int, train_args: list[str]
+    out: Path,
+    job: str,
+    sockets: list[str],
+    ranks_per_node: int,
+    train_args: list[str],
+    env: dict[str, str] | None = None,
+    module: str = "ecsnap.demo.train",
 ) -> RankRun:
-    """Start len(sockets) * ranks_per_node trainer processes; node n talks to sockets[n]."""
+    """Start len(sockets) * ranks_per_node trainer processes; node n talks to sockets[n].
+
+    `env` adds variables (e.g. ECSNAP_PARITY) to every rank's environment."""
     out.mkdir(parents=True, exist_ok=True)
     world = len(sockets) * ranks_per_node
     port = free_port()
     procs, logs = [], []
     for rank in range(world):
         node = rank // ranks_per_node
-        env = dict(os.environ)
-        env.update(
+        rank_env = dict(os.environ)
+        rank_env.update(env or {})
+        rank_env.update(
             {
                 "RANK": str(rank),
                 "WORLD_SIZE": str(world),
@@ -160,13 +169,13 @@ def launch_ranks(
                 "OMP_NUM_THREADS": "1",
             }
         )
-        env.pop("ECSNAP_JOB", None)
+        rank_env.pop("ECSNAP_JOB", None)
         log = out / f"rank{rank}.log"
         with log.open("ab") as f:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "ecsnap.demo.train", "--out", str(out), *train_args],
-                    env=env,
+                    [sys.executable, "-m", module, "--out", str(out), *train_args],
+                    env=rank_env,
                     stdout=f,
                     stderr=subprocess.STDOUT,
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=1 << 20)
     args = p.parse_args(argv)
 
+    logging.basicConfig(
+        level=os.environ.get("ECSNAP_LOG_LEVEL", "warning").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     torch.use_deterministic_algorithms(True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -83,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
     data = DataCursor(seed=7, rank=rank, batch=16, features=32)
+    if world > 1:
+        # DDP re-buckets gradients after its first backward, and with more than two ranks the
+        # bucket layout changes the summation order of gloo's all-reduce: a job resumed mid-run
+        # would differ in the last bits from one that never stopped. A throwaway backward
+        # fixes the layout before the first real step (training state is untouched).
+        net(torch.zeros(1, 32)).sum().mul(0).backward()
+        model.zero_grad(set_to_none=True)
     torch.manual_seed(99 + rank)  # per-rank dropout stream
     app_state: dict[str, Any] = {
         "model": model,
@@ -98,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     restored = snap.restore(app_state)
     restore_s = time.perf_counter() - t0
     (out / f"rank{rank}.restore.json").write_text(
-        json.dumps({"step": restored, "seconds": restore_s, "pid": os.getpid()})
+        json.dumps(
+            {
+                "step": restored,
+                "seconds": restore_s,
+                "pid": os.getpid(),
+                "rebuilt": bool(snap.last_rebuild and snap.last_rebuild.rebuilt),
+            }
+        )
     )
     start = 0 if restored is None else restored + 1
 
@@ -112,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             optim.step()
             losses.write(json.dumps({"step": step, "loss": float(loss.item()).hex()}) + "\n")
             losses.flush()
-            handle = snap.save(step, app_state)
+            # The last step must be protected: wait for a free slot rather than skip it.
+            handle = snap.save(step, app_state, on_busy="wait" if step == args.steps - 1 else None)
             if step == args.die_at_step:
                 print(
                     f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
