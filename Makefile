@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build that `pip` finds locally; a bare `torch` may pull a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint typecheck proto proto-check unit integration bench clean
+.PHONY: setup demo test lint typecheck proto proto-check unit integration bench bench-train clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[torch,isal,dev]"
+	$(BIN)/pip install -q -e ".[torch,isal,dev,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -47,6 +47,10 @@ test: setup lint typecheck proto-check
 bench: setup
 	$(BIN)/smp bench codec
 	$(BIN)/smp bench local
+
+# End-to-end: training overhead and recovery time vs torch.save and DCP (a few minutes on 2 cores).
+bench-train: setup
+	$(BIN)/smp bench train --json docs/bench-train.json --plot docs/bench-train.png
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache

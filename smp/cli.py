@@ -1,4 +1,4 @@
-"""Command line of the SMP: `smp serve`, `smp status`, `smp bench ...`."""
+"""Command line of the SMP: `smp serve`, `smp status`, `smp launch`, `smp stop`, `smp bench ...`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from smp import __version__, defaults
-from smp.config import ServeConfig, parse_size
+from smp.config import ENV_SMP_CONFIG, ServeConfig, parse_size
 from smp.errors import ConfigError, SmpError
 
 logger = logging.getLogger("smp")
@@ -55,17 +55,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="erasure-coding engine (env SMP_CODEC; default auto)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SMP_LOG_LEVEL)")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="json: one object per line with job, rank, step fields (env SMP_LOG_FORMAT)",
+    )
+    serve.add_argument(
+        "--config",
+        help=f"settings file, TOML (*.toml) or YAML (*.yaml) with the flags' names as keys "
+        f"(env {ENV_SMP_CONFIG}); precedence: defaults < file < environment < flags",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port, 0 = any free (env SMP_METRICS_PORT; "
+        "default: no metrics endpoint)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        help="metrics bind address (env SMP_METRICS_HOST; default: the --host address)",
+    )
 
     status = sub.add_parser("status", help="show what a running SMP holds")
     status.add_argument("--socket", default=None, help="control socket of the SMP")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
 
+    # `smp launch` parses its own arguments (the rest is torchrun's command line): see main().
+    sub.add_parser(
+        "launch",
+        help="start this node's SMP if needed, then torchrun (smp launch --help)",
+        add_help=False,
+    )
+    stop = sub.add_parser("stop", help="stop the SMP serving a socket (orderly, waits)")
+    stop.add_argument("--socket", default=None, help="control socket of the SMP")
+    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to exit")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from smp.codec import bench as codec_bench
 
     codec_bench.add_arguments(bench_sub.add_parser("codec", help="erasure codec throughput"))
+    # `smp bench train` parses its own arguments (they live with the benchmark): see main().
+    bench_sub.add_parser(
+        "train",
+        help="end-to-end: training overhead and recovery vs torch.save and DCP (torch; "
+        "smp bench train --help)",
+        add_help=False,
+    )
     local = bench_sub.add_parser("local", help="save/restore vs torch.save/torch.load (torch)")
     local.add_argument("--size", default="1G", help="state size (default 1G of float32)")
     local.add_argument("--repeats", type=int, default=3)
@@ -81,14 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from smp import logs
     from smp.daemon import Daemon
 
     flags = {
         k: getattr(args, k)
-        for k in ("socket", "store_dir", "host", "port", "memory_limit", "codec", "log_level")
+        for k in (
+            "socket",
+            "store_dir",
+            "host",
+            "port",
+            "memory_limit",
+            "codec",
+            "log_level",
+            "log_format",
+            "config",
+            "metrics_port",
+            "metrics_host",
+        )
     }
     config = ServeConfig.from_sources(flags)
-    logging.getLogger().setLevel(config.log_level.upper())
+    logs.configure(config.log_level, config.log_format)
     daemon = Daemon(config)
     stop = threading.Event()
 
@@ -115,7 +165,15 @@ def _status(args: argparse.Namespace) -> int:
     except report.NotAnswering as exc:
         print(f"smp status: {exc}", file=sys.stderr)
         return 2
-    print(report.to_json(status) if args.json else report.render(status))
+    # Liveness also needs the peer port: the standard gRPC health service must say SERVING.
+    health = report.check_health(status.grpc_address, args.timeout)
+    print(report.to_json(status, health) if args.json else report.render(status, health))
+    if health != report.SERVING:
+        print(
+            f"smp status: the SMP answers on its socket but its gRPC health is {health}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -138,17 +196,45 @@ def _bench(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_train(argv: list[str]) -> int:
+    try:
+        from ecsnap.benchtrain import runner  # the trainer library: needs torch
+    except ImportError as exc:
+        print(
+            f"smp bench train needs the trainer library and torch ({exc}): "
+            "pip install 'ecsnap[torch,bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    return runner.main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:
+        from smp import launch
+
+        try:
+            return launch.launch(argv[1:])
+        except (ConfigError, launch.LaunchError) as exc:
+            print(f"smp launch: {exc}", file=sys.stderr)
+            return 2
+    if argv[:2] == ["bench", "train"]:
+        return _bench_train(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "stop":
+            from smp import launch
+
+            return launch.stop(args.socket or _socket_default(), args.timeout)
         return _bench(args)
     except (ConfigError, SmpError) as exc:
         print(f"smp {args.command}: {exc}", file=sys.stderr)

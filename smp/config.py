@@ -1,14 +1,19 @@
 """Settings of one `smp serve` process: a frozen, validated dataclass.
 
-Precedence, lowest first: built-in defaults < `SMP_*` environment variables < command-line flags.
+Precedence, lowest first: built-in defaults < config file (`--config FILE` or `$SMP_CONFIG`, TOML
+or YAML) < `SMP_*` environment variables < command-line flags. A setting left unset at one level
+falls through to the level below.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from smp import defaults
 from smp.errors import ConfigError
@@ -17,6 +22,29 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 # Longest path a Unix socket accepts (sun_path is 108 bytes including the terminating NUL).
 MAX_SOCKET_PATH = 107
+
+# Environment variables of the daemon added with the config file and the metrics endpoint (the
+# older ones live in smp.defaults, shared with the trainer library).
+ENV_SMP_CONFIG = "SMP_CONFIG"
+ENV_SMP_METRICS_PORT = "SMP_METRICS_PORT"
+ENV_SMP_METRICS_HOST = "SMP_METRICS_HOST"
+ENV_SMP_LOG_FORMAT = "SMP_LOG_FORMAT"
+
+# Setting name -> environment variable. The setting names are also the config file's keys
+# (`store_dir` or `store-dir`) and the flags' (`--store-dir`).
+ENVIRONMENT = {
+    "socket": defaults.ENV_SMP_SOCKET,
+    "store_dir": defaults.ENV_SMP_STORE_DIR,
+    "host": defaults.ENV_SMP_HOST,
+    "port": defaults.ENV_SMP_PORT,
+    "memory_limit": defaults.ENV_SMP_MEMORY_LIMIT,
+    "codec": defaults.ENV_SMP_CODEC,
+    "log_level": defaults.ENV_SMP_LOG_LEVEL,
+    "log_format": ENV_SMP_LOG_FORMAT,
+    "metrics_port": ENV_SMP_METRICS_PORT,
+    "metrics_host": ENV_SMP_METRICS_HOST,
+}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parse_size(text: str) -> int:
@@ -48,6 +76,9 @@ class ServeConfig:
     memory_limit: int | None = None  # None: the free space of the store's filesystem at start
     codec: str = "auto"
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line, with job, rank, step fields
+    metrics_port: int | None = None  # None: no Prometheus endpoint; 0: any free port
+    metrics_host: str = ""  # "": the same address as --host
 
     def __post_init__(self) -> None:
         if len(self.socket.encode()) > MAX_SOCKET_PATH:
@@ -57,38 +88,106 @@ class ServeConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is out of range 0..65535 (0 picks a free port)")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"--metrics-port {self.metrics_port} is out of range 0..65535 (0 picks a free port)"
+            )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ConfigError(f"--memory-limit must be positive, got {self.memory_limit}")
         if self.codec not in ("auto", "isal", "numpy"):
             raise ConfigError(f"--codec {self.codec!r} is unknown; use auto, isal or numpy")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"--log-level {self.log_level!r} is unknown; use one of {', '.join(_LOG_LEVELS)}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format {self.log_format!r} is unknown; use text or json")
+
+    @property
+    def metrics_bind(self) -> str:
+        return self.metrics_host or self.host
 
     @classmethod
     def from_sources(
         cls, flags: Mapping[str, object | None], env: Mapping[str, str] | None = None
     ) -> ServeConfig:
-        """Merge environment and flags (flags win; a flag left at None falls through)."""
+        """Merge config file, environment and flags (flags win; None falls through).
+
+        The file is `flags["config"]`, else `$SMP_CONFIG`; none is read when both are unset.
+        """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        from_env = {
-            "socket": defaults.ENV_SMP_SOCKET,
-            "store_dir": defaults.ENV_SMP_STORE_DIR,
-            "host": defaults.ENV_SMP_HOST,
-            "port": defaults.ENV_SMP_PORT,
-            "memory_limit": defaults.ENV_SMP_MEMORY_LIMIT,
-            "codec": defaults.ENV_SMP_CODEC,
-            "log_level": defaults.ENV_SMP_LOG_LEVEL,
-        }
-        for key, var in from_env.items():
+        config_file = flags.get("config") or env.get(ENV_SMP_CONFIG)
+        if config_file:
+            values.update(load_file(str(config_file)))
+        for key, var in ENVIRONMENT.items():
             if env.get(var):
                 values[key] = env[var]
         for key, value in flags.items():
-            if value is not None and key in from_env:
+            if value is not None and key in ENVIRONMENT:
                 values[key] = value
-        if "port" in values:
+        return cls(**_typed(values))
+
+
+def load_file(path: str) -> dict[str, object]:
+    """Settings from a TOML (`.toml`) or YAML (`.yaml`, `.yml`) file: a flat table whose keys are
+    the setting names (`memory_limit` or `memory-limit`)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    suffix = p.suffix.lower()
+    data: Any
+    if suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        data = {} if data is None else data
+    else:
+        raise ConfigError(
+            f"config file {path}: name it *.toml or *.yaml (*.yml) so its format is known"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings, not {type(data)}")
+    known = {f.name for f in fields(ServeConfig)}
+    values: dict[str, object] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            names = ", ".join(sorted(known))
+            raise ConfigError(f"config file {path}: unknown setting {raw_key!r}; known: {names}")
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"config file {path}: {raw_key} needs a single value, got {value!r}")
+        values[key] = value
+    return values
+
+
+def _typed(values: dict[str, object]) -> dict[str, Any]:
+    """Turn strings from files, the environment and flags into the dataclass's field types."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} cannot be {value!r}")
+        if key in ("port", "metrics_port"):
             try:
-                values["port"] = int(str(values["port"]))
+                out[key] = int(str(value))
             except ValueError:
-                raise ConfigError(f"port {values['port']!r} is not a number") from None
-        if "memory_limit" in values and isinstance(values["memory_limit"], str):
-            values["memory_limit"] = parse_size(values["memory_limit"])
-        return cls(**values)  # type: ignore[arg-type]
+                raise ConfigError(f"{key} {value!r} is not a number") from None
+        elif key == "memory_limit":
+            out[key] = value if isinstance(value, int) else parse_size(str(value))
+        else:
+            out[key] = str(value)
+    return out

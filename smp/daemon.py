@@ -19,6 +19,7 @@ from smp._proto import control_pb2 as pb
 from smp.config import ServeConfig, format_size
 from smp.control import ControlServer
 from smp.errors import ConfigError
+from smp.metrics import Metrics
 from smp.peer import PeerServer, PeerServicer
 from smp.replication import Replication
 from smp.service import SnapshotService
@@ -41,6 +42,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.peer: PeerServer | None = None
         self.engine = ""
+        self.metrics = Metrics()  # counters fed by service events; served if --metrics-port
 
     def start(self) -> None:
         cfg = self.config
@@ -55,7 +57,7 @@ class Daemon:
             raise ConfigError(f"--codec {cfg.codec}: {exc}") from exc
         self.engine = codec.describe_engine(cfg.codec)
         self.store = Store(cfg.store_dir, cfg.memory_limit)
-        service = SnapshotService(self.store, self._executor)
+        service = SnapshotService(self.store, self._executor, events=self.metrics.observe)
         kept = service.adopt(self.store.adopt_all())
         if kept:
             logger.info("re-adopted %d complete snapshots from %s", kept, cfg.store_dir)
@@ -64,6 +66,16 @@ class Daemon:
         self.peer = PeerServer(servicer, cfg.host, cfg.port)
         self.control = ControlServer(service, self.replication, cfg.socket, self.status, self._slow)
         self._service = service
+        # Before the control socket: once it answers (readiness), metrics are served too.
+        if cfg.metrics_port is not None:
+            self.metrics.add_status(self.status)
+            try:
+                address = self.metrics.serve(cfg.metrics_bind, cfg.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.metrics_bind}: {exc}"
+                ) from exc
+            logger.info("Prometheus metrics on http://%s/metrics", address)
         self.peer.start()
         self.control.start()
         logger.info(
@@ -138,6 +150,7 @@ class Daemon:
             self._stopped.set()
         if self.control is not None:
             self.control.stop()  # no new local requests; the socket file is removed
+        self.metrics.close()
         if self.peer is not None:
             self.peer.stop(grace)
         if self.replication is not None:

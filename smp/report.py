@@ -1,11 +1,17 @@
-"""`smp status`: ask a running SMP for its state and render it as a table or JSON."""
+"""`smp status`: ask a running SMP for its state, check its gRPC health, render a table or JSON.
+
+Liveness has two parts: the control socket answers a status request (local trainers can reach the
+SMP), and the standard `grpc.health.v1` service on the peer port says SERVING (peers can).
+"""
 
 from __future__ import annotations
 
 import json
 
+import grpc
 import zmq
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import control_pb2 as pb
 from smp.config import format_size
@@ -35,14 +41,40 @@ def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
         sock.close(linger=0)
 
 
-def to_json(status: pb.StatusResponse) -> str:
-    return json.dumps(
-        MessageToDict(
-            status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        ),
-        indent=2,
-        sort_keys=True,
+SERVING = "SERVING"
+
+
+def dialable(address: str) -> str:
+    """A wildcard bind address (0.0.0.0, [::]) is dialed on loopback."""
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", ""):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return address
+
+
+def check_health(address: str, timeout_s: float = 3.0) -> str:
+    """The SMP's gRPC health (overall service ""): SERVING, NOT_SERVING, ... or UNREACHABLE."""
+    if not address:
+        return "UNKNOWN (no gRPC address)"
+    with grpc.insecure_channel(dialable(address)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            return f"UNREACHABLE ({code.name if code is not None else exc})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def to_json(status: pb.StatusResponse, health: str | None = None) -> str:
+    data = MessageToDict(
+        status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    if health is not None:
+        data["grpc_health"] = health
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def _age(seconds: float) -> str:
@@ -53,11 +85,26 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(status: pb.StatusResponse) -> str:
+def _cluster_line(job: pb.JobStatus) -> str | None:
+    """Where this node stands in a multi-node job: its node rank, group, parity, protected step."""
+    if job.num_nodes <= 1 and not job.group_members:
+        return None
+    parts = [f"node {job.node_rank} of {job.num_nodes}"]
+    if job.group_members:
+        parts.append("group nodes " + ",".join(str(n) for n in job.group_members))
+    parts.append(f"parity held {format_size(job.parity_bytes)}")
+    parts.append(f"protected step {job.protected_step if job.has_protected else '-'}")
+    return "      " + "   ".join(parts)
+
+
+def render(status: pb.StatusResponse, health: str | None = None) -> str:
+    grpc_line = f"  gRPC      {status.grpc_address}"
+    if health is not None:
+        grpc_line += f"  (health: {health})"
     lines = [
         f"SMP {status.version}  pid {status.pid}  up {_age(status.uptime_s)}",
         f"  control   ipc://{status.socket}",
-        f"  gRPC      {status.grpc_address}",
+        grpc_line,
         f"  store     {status.store_dir}  ({format_size(status.store_free)} free)",
         f"  memory    {format_size(status.memory_used)} used of {format_size(status.memory_limit)}"
         f" limit",
@@ -84,6 +131,9 @@ def render(status: pb.StatusResponse) -> str:
                 for s in rank.slots
             )
             lines.append(f"      rank {rank.rank:<4} pid {rank.pid:<8} {slots}")
+        cluster = _cluster_line(job)
+        if cluster is not None:
+            lines.append(cluster)
         lines.append(f"      protects against: {job.protection}")
         if job.last_error:
             lines.append(f"      last error: {job.last_error}")

@@ -1,0 +1,381 @@
+"""`smp launch` and `smp stop`: run a torchrun job next to a node's SMP, and stop an SMP.
+
+`smp launch [launch options] [torchrun options] train.py [args]` makes sure an SMP serves the
+node's socket (starting one, detached in its own session, if none answers), sets `ECSNAP_SOCKET`
+and `ECSNAP_JOB`, and then *becomes* torchrun (exec): signals, exit status and torchrun's own
+worker restarts behave exactly as with plain torchrun, and every restart, and every later
+`smp launch` of the same command, finds the same SMP with its snapshots.
+
+The launch options come first; the first argument that is not one of them (or a `--`) starts
+torchrun's command line. None of their names collides with a torchrun option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from smp import defaults, report
+from smp._proto import control_pb2 as pb
+from smp.errors import ConfigError
+
+# Launch option -> `smp serve` flag it is handed to when this launch starts the SMP.
+SERVE_OPTIONS = {
+    "--store-dir": "--store-dir",
+    "--memory-limit": "--memory-limit",
+    "--config": "--config",
+    "--metrics-port": "--metrics-port",
+    "--metrics-host": "--metrics-host",
+    "--smp-host": "--host",
+    "--smp-port": "--port",
+    "--codec": "--codec",
+    "--log-level": "--log-level",
+    "--log-format": "--log-format",
+}
+LAUNCH_OPTIONS = {"--socket", "--job", "--smp-log", "--smp-timeout", "--torchrun", *SERVE_OPTIONS}
+
+# torchrun options that take no value (every other option takes one).
+_TORCHRUN_FLAGS = {
+    "--standalone",
+    "-m",
+    "--module",
+    "--no-python",
+    "--no_python",
+    "--run-path",
+    "--run_path",
+    "--virtual-local-rank",
+    "--virtual_local_rank",
+}
+_JOB_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+# Starts the SMP in a new session and exits at once, so the SMP is nobody's child (init, or the
+# nearest subreaper, reaps it): the trainer, torchrun and this launcher may all go away.
+_DETACH = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, "
+    "stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
+    "print(p.pid)\n"
+)
+
+
+class LaunchError(Exception):
+    """The launcher cannot do what was asked; the message says why and what to do."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smp launch",
+        usage="smp launch [launch options] [--] [torchrun options] SCRIPT [script args]",
+        description="Start this node's SMP if none serves the socket (detached: it outlives the "
+        "job), then run torchrun with ECSNAP_SOCKET and ECSNAP_JOB set. Launch options come "
+        "first; everything from the first other argument on is torchrun's command line.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--socket",
+        help="the SMP's control socket (env SMP_SOCKET or ECSNAP_SOCKET; default "
+        f"{defaults.default_socket()})",
+    )
+    p.add_argument(
+        "--job",
+        help="ecsnap job id (env ECSNAP_JOB; default: torchrun's --rdzv-id, else derived from "
+        "the training script and its arguments, so the same command finds its snapshots)",
+    )
+    p.add_argument(
+        "--smp-log", help="log file of an SMP this launch starts (default: beside the socket)"
+    )
+    p.add_argument(
+        "--smp-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a started SMP to answer (default 60)",
+    )
+    p.add_argument(
+        "--torchrun",
+        help="launcher command (default: `python -m torch.distributed.run` when this Python has "
+        "torch, else `torchrun` from PATH)",
+    )
+    g = p.add_argument_group("settings of an SMP this launch starts (ignored if one is running)")
+    g.add_argument("--store-dir")
+    g.add_argument("--memory-limit")
+    g.add_argument("--config", help="TOML or YAML settings file (see `smp serve --help`)")
+    g.add_argument("--metrics-port", help="Prometheus endpoint port (0: any free port)")
+    g.add_argument("--metrics-host")
+    g.add_argument("--smp-host", help="the SMP's gRPC bind address (`smp serve --host`)")
+    g.add_argument("--smp-port", help="the SMP's gRPC port (`smp serve --port`)")
+    g.add_argument("--codec", choices=["auto", "isal", "numpy"])
+    g.add_argument("--log-level")
+    g.add_argument("--log-format", choices=["text", "json"])
+    return p
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(launch options, torchrun's command line): launch options stop at the first other argument
+    or at `--`."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return list(argv[:i]), list(argv[i + 1 :])
+        if arg in ("-h", "--help"):
+            return [arg], []
+        name = arg.split("=", 1)[0]
+        if name not in LAUNCH_OPTIONS:
+            break
+        i += 1 if "=" in arg else 2  # every launch option takes a value
+    return list(argv[:i]), list(argv[i:])
+
+
+def script_index(torchrun_args: Sequence[str]) -> int | None:
+    """Where torchrun's training script (or module, with -m) is in its command line."""
+    i = 0
+    while i < len(torchrun_args):
+        arg = torchrun_args[i]
+        if arg == "--":
+            return i + 1 if i + 1 < len(torchrun_args) else None
+        if not arg.startswith("-") or arg == "-":
+            return i
+        if arg in _TORCHRUN_FLAGS or "=" in arg or re.fullmatch(r"-[a-z]\S+", arg):
+            i += 1  # a flag, --opt=value, or a short option with its value attached (-t3)
+        else:
+            i += 2
+    return None
+
+
+def _option_value(args: Sequence[str], *names: str) -> str | None:
+    value = None
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+    return value
+
+
+def job_id_for(explicit: str | None, env: Mapping[str, str], torchrun_args: Sequence[str]) -> str:
+    """The job id every launch of this command agrees on (on every node, and after relaunches).
+
+    `--job`, else `$ECSNAP_JOB`, else torchrun's `--rdzv-id` (what the ranks would see as
+    TORCHELASTIC_RUN_ID), else `<script>-<hash of the script and its arguments>`: torchrun's
+    `--standalone` picks a new random run id each time, which would orphan the snapshots.
+    """
+    job = explicit or env.get(defaults.ENV_JOB)
+    if not job:
+        rdzv = _option_value(torchrun_args, "--rdzv-id", "--rdzv_id")
+        if rdzv and rdzv != "none" and "--standalone" not in torchrun_args:
+            job = rdzv
+    if not job:
+        at = script_index(torchrun_args)
+        if at is None:
+            raise LaunchError(
+                "cannot find the training script in the torchrun command line; name the job "
+                "with --job"
+            )
+        script = torchrun_args[at]
+        name = Path(script).name  # a script's file name, or a module (-m pkg.train)
+        name = name[:-3] if name.endswith(".py") else name
+        stem = _JOB_CHARS.sub("-", name).strip("-._") or "job"
+        digest = hashlib.sha256("\0".join(torchrun_args[at:]).encode()).hexdigest()[:8]
+        job = f"{stem[:100]}-{digest}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job):
+        raise LaunchError(
+            f"job id {job!r} is not valid: use 1-128 characters of letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (--job)"
+        )
+    return job
+
+
+def socket_for(explicit: str | None, env: Mapping[str, str]) -> str:
+    """Same resolution as `smp status`: --socket, $SMP_SOCKET, $ECSNAP_SOCKET, the default."""
+    return (
+        explicit
+        or env.get(defaults.ENV_SMP_SOCKET)
+        or env.get(defaults.ENV_SOCKET)
+        or defaults.default_socket()
+    )
+
+
+def torchrun_command(explicit: str | None) -> list[str]:
+    if explicit:
+        return shlex.split(explicit)
+    if importlib.util.find_spec("torch") is not None:
+        return [sys.executable, "-m", "torch.distributed.run"]
+    found = shutil.which("torchrun")
+    if found is None:
+        raise LaunchError(
+            "torchrun not found: install torch in this environment, or name the launcher with "
+            "--torchrun"
+        )
+    return [found]
+
+
+def _served(socket: str, timeout_s: float) -> pb.StatusResponse | None:
+    if not os.path.exists(socket):
+        return None
+    try:
+        return report.fetch_status(socket, timeout_s)
+    except report.NotAnswering:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """The process exists here and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def ensure_smp(
+    socket: str, serve_args: Sequence[str], log: Path, timeout_s: float
+) -> tuple[pb.StatusResponse, bool]:
+    """The status of the SMP serving `socket`, starting one if none answers; (status, started).
+
+    A lock file beside the socket makes concurrent launches on one node start one SMP only.
+    """
+    run_dir = Path(socket).parent
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(f"{socket}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = _served(socket, 1.0)
+        if status is not None:
+            return status, False
+        cmd = [sys.executable, "-m", "smp", "serve", "--socket", socket, *serve_args]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _DETACH, str(log), *cmd],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode != 0 or not out.stdout.strip().isdigit():
+            raise LaunchError(f"could not start the SMP ({shlex.join(cmd)}): {out.stderr.strip()}")
+        pid = int(out.stdout)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = _served(socket, 0.5)
+            if status is not None:
+                return status, True
+            if not alive(pid):
+                raise LaunchError(
+                    f"the SMP (pid {pid}) exited before serving {socket}; its log {log}:\n"
+                    f"{_tail(log)}"
+                )
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"the SMP (pid {pid}) did not answer on {socket} within {timeout_s:g}s; its "
+                    f"log {log}:\n{_tail(log)}"
+                )
+            time.sleep(0.1)
+
+
+def launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """`smp launch ...`: returns only on an error (on success this process becomes torchrun)."""
+    env = dict(os.environ if env is None else env)
+    ours, torchrun_args = split_argv(argv)
+    parser = build_parser()
+    args = parser.parse_args(ours)
+    if not torchrun_args:
+        parser.error("nothing to run: give torchrun's options and the training script")
+    socket = socket_for(args.socket, env)
+    if len(socket.encode()) > 107:
+        raise ConfigError(f"socket path {socket!r} is longer than 107 bytes: choose a shorter one")
+    job = job_id_for(args.job, env, torchrun_args)
+    command = [*torchrun_command(args.torchrun), *torchrun_args]
+    serve_args: list[str] = []
+    for option, flag in SERVE_OPTIONS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            serve_args += [flag, str(value)]
+    log = Path(args.smp_log) if args.smp_log else Path(socket).parent / "smp.log"
+    status, started = ensure_smp(socket, serve_args, log, args.smp_timeout)
+    how = (
+        f"started SMP pid {status.pid} (log {log})" if started else f"reusing SMP pid {status.pid}"
+    )
+    print(
+        f"smp launch: {how} on {socket}, gRPC {status.grpc_address}; job {job}",
+        file=sys.stderr,
+        flush=True,
+    )
+    env[defaults.ENV_SOCKET] = socket
+    env[defaults.ENV_JOB] = job
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        raise LaunchError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+    return 1  # unreachable: exec does not return
+
+
+def _is_smp(pid: int) -> bool | None:
+    """Is `pid` an `smp serve` process here? None when /proc cannot tell."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return b"serve" in cmdline and any(b"smp" in part for part in cmdline)
+
+
+def stop(socket: str, timeout_s: float) -> int:
+    """`smp stop`: SIGTERM the SMP serving `socket` and wait until it has shut down in order."""
+    status = _served(socket, 2.0)
+    if status is None:
+        print(f"smp stop: no SMP is serving {socket}; nothing to stop", file=sys.stderr)
+        return 0
+    pid = status.pid
+    if _is_smp(pid) is False:
+        print(
+            f"smp stop: the SMP on {socket} reports pid {pid}, which is not an `smp serve` "
+            "process here (another PID namespace?): stop it where it runs",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        print(f"smp stop: not allowed to signal pid {pid}", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            print(
+                f"smp stop: SMP pid {pid} still running after {timeout_s:g}s "
+                f"(`kill -9 {pid}` ends it without an orderly shutdown)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.05)
+    print(f"smp stop: stopped SMP pid {pid} on {socket}", file=sys.stderr)
+    return 0
