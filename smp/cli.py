@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         "smp bench train --help)",
         add_help=False,
     )
+    cluster = bench_sub.add_parser(
+        "cluster",
+        help="parity exchange and node rebuild across 4 local SMPs vs raw TCP and plain gRPC",
+    )
+    cluster.add_argument("--size", default="256M", help="state per node (default 256M)")
+    cluster.add_argument("--repeats", type=int, default=3)
+    cluster.add_argument("--parity", default="1,2", help="parity settings to run (default 1,2)")
+    cluster.add_argument("--json", default=None, help="write raw results here")
     local = bench_sub.add_parser("local", help="save/restore vs torch.save/torch.load (torch)")
     local.add_argument("--size", default="1G", help="state size (default 1G of float32)")
     local.add_argument("--repeats", type=int, default=3)
@@ -182,15 +190,19 @@ def _bench(args: argparse.Namespace) -> int:
         from smp.codec import bench as codec_bench
 
         return int(codec_bench.run(args))
-    try:
-        from ecsnap import bench as local_bench  # the trainer library: needs torch
+    try:  # the trainer library: needs torch
+        from ecsnap import bench as local_bench
+        from ecsnap import benchcluster
     except ImportError as exc:
         print(
-            f"smp bench local needs the trainer library and torch ({exc}): "
+            f"smp bench {args.bench} needs the trainer library and torch ({exc}): "
             "pip install 'ecsnap[torch]'",
             file=sys.stderr,
         )
         return 2
+    if args.bench == "cluster":
+        parities = [int(x) for x in args.parity.split(",")]
+        return benchcluster.run_cluster(parse_size(args.size), args.repeats, parities, args.json)
     return int(
         local_bench.run_local(parse_size(args.size), args.repeats, args.dir, args.json, args.device)
     )

@@ -130,7 +130,10 @@ class Metrics:
             registry=r,
         )
         self.parity_sent = Counter(
-            "ecsnap_parity_sent_bytes", "Bytes of partial parity sent to peers", ["job"], registry=r
+            "ecsnap_parity_sent_bytes",
+            "Bytes of data chunks streamed to parity holders",
+            ["job"],
+            registry=r,
         )
         self.parity_received = Counter(
             "ecsnap_parity_received_bytes",

@@ -41,12 +41,14 @@ def _requests(
     start: int,
     end: int,
     digest: snapshot_pb2.ChunkDigest,
+    sent: list[int],
 ) -> Iterator[peer_pb2.PushChunkRequest]:
     yield peer_pb2.PushChunkRequest(header=header)
     hasher = xxhash.xxh3_64()
     for piece in blob_pieces(parts, start, end):
         hasher.update(piece)
         yield peer_pb2.PushChunkRequest(data=bytes(piece))
+        sent[0] += len(piece)
     digest.checksum = hasher.intdigest()
     yield peer_pb2.PushChunkRequest(checksum=digest.checksum)
 
@@ -60,12 +62,14 @@ def send_chunks(
     manifest: snapshot_pb2.NodeManifest,
     executor: Executor,
     timeout: float,
-) -> list[snapshot_pb2.ChunkDigest]:
-    """Push every chunk of this node's blob to its holders; raises on the first failure."""
+) -> tuple[list[snapshot_pb2.ChunkDigest], int]:
+    """Push every chunk of this node's blob to its holders; raises on the first failure.
+    Returns the chunks' digests and the data bytes streamed."""
     group = cluster.group
     blob = sum(len(p) for p in parts)
     futures: list[Future[None]] = []
     digests = []
+    sent = [0]
     for i, stripe in enumerate(group.data_stripes(cluster.node)):
         start, end = chunk_range(blob, group.k, i)
         for holder in group.holders(stripe):
@@ -79,13 +83,13 @@ def send_chunks(
             )
             digest = snapshot_pb2.ChunkDigest(stripe=stripe, length=end - start)
             client = clients.get(cluster.addresses[holder], cluster.secret)
-            requests = _requests(header, parts, start, end, digest)
+            requests = _requests(header, parts, start, end, digest, sent)
             futures.append(executor.submit(client.push_chunk, requests, timeout))
             if holder == group.holders(stripe)[0]:
                 digests.append(digest)
     for fut in futures:
         fut.result()
-    return digests
+    return digests, sent[0]
 
 
 def announce(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +123,9 @@ def _fetch_cells(
                     stripe,
                 )
                 continue
-            cell = np.zeros(cell_len, dtype=np.uint8)
-            cell[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            cell = np.frombuffer(data, dtype=np.uint8)
+            if len(cell) < cell_len:  # a short last chunk: zero-padded like at encode time
+                cell = np.concatenate([cell, np.zeros(cell_len - len(cell), dtype=np.uint8)])
             cells[index] = cell
     return cells, fetched
 
@@ -174,9 +175,10 @@ def rebuild_node(
     mine = manifests[me]
     blob = bytearray(mine.blob_bytes)
     parity: dict[int, tuple[bytearray, dict[int, int]]] = {}
-    fetched = 0
     digests_of = {n: {d.stripe: d for d in manifests[n].chunks} for n in group.members}
-    for stripe in range(group.size):
+    blob_np = np.frombuffer(blob, dtype=np.uint8)
+
+    def one_stripe(stripe: int) -> int:
         contributors = group.contributors(stripe)
         cell_len = max(_data_length(group, manifests, n, stripe) for n in contributors)
         candidates = [
@@ -196,35 +198,39 @@ def rebuild_node(
             executor,
             timeout,
         )
-        fetched += got
         if len(cells) < group.k:
             raise RebuildFailed(
                 f"cannot rebuild {where}: stripe {stripe} has {len(cells)} good "
                 f"cells of the {group.k} needed"
             )
-        out = np.zeros(cell_len, dtype=np.uint8)
         mine_index = group.cell_index(stripe, me)
+        if mine_index >= group.k:
+            out = np.empty(cell_len, dtype=np.uint8)
+            codec.decode(cells, [mine_index], [out])
+            digests = {
+                n: digests_of[n][stripe].checksum for n in contributors if stripe in digests_of[n]
+            }
+            parity[stripe] = (bytearray(out.data), digests)
+            return got
+        i = group.data_stripes(me).index(stripe)
+        start, end = chunk_range(mine.blob_bytes, group.k, i)
+        whole = end - start == cell_len  # decode straight into the blob unless padded
+        out = blob_np[start:end] if whole else np.empty(cell_len, dtype=np.uint8)
         codec.decode(cells, [mine_index], [out])
-        if mine_index < group.k:
-            i = group.data_stripes(me).index(stripe)
-            start, end = chunk_range(mine.blob_bytes, group.k, i)
-            chunk = out[: end - start]
-            expected = digests_of[me].get(stripe)
-            if expected is not None and xxhash.xxh3_64_intdigest(chunk.data) != expected.checksum:
-                raise RebuildFailed(
-                    f"cannot rebuild {where}: the decoded chunk of stripe "
-                    f"{stripe} does not match its recorded checksum"
-                )
-            blob[start:end] = chunk.tobytes()
-        else:
-            parity[stripe] = (
-                bytearray(out.tobytes()),
-                {
-                    n: digests_of[n][stripe].checksum
-                    for n in contributors
-                    if stripe in digests_of[n]
-                },
+        chunk = out[: end - start]
+        expected = digests_of[me].get(stripe)
+        if expected is not None and xxhash.xxh3_64_intdigest(chunk.data) != expected.checksum:
+            raise RebuildFailed(
+                f"cannot rebuild {where}: the decoded chunk of stripe "
+                f"{stripe} does not match its recorded checksum"
             )
+        if not whole:
+            blob_np[start:end] = chunk
+        return got
+
+    # Stripes in parallel (their fetches on `executor`): the transfers overlap with decoding.
+    with ThreadPoolExecutor(group.size, thread_name_prefix="smp-stripe") as stripes:
+        fetched = sum(stripes.map(one_stripe, range(group.size)))
     seconds = time.perf_counter() - started
     logger.info(
         "job=%s: rebuilt step %d of node %d from %d peers (%d bytes fetched) in %.2fs",

@@ -178,7 +178,7 @@ class Replication:
     ) -> None:
         started = time.perf_counter()
         try:
-            digests = send_chunks(
+            digests, sent = send_chunks(
                 self._clients,
                 job_id,
                 cluster,
@@ -191,7 +191,6 @@ class Replication:
         except Exception as exc:  # noqa: BLE001 - the step does not commit; training goes on
             logger.warning("job=%s step=%d: sending parity chunks failed: %s", job_id, step, exc)
             return
-        sent = sum(len(p) for p in parts) * cluster.group.parity
         with self._lock:
             cluster.digests[step] = digests
             for old in [s for s in cluster.digests if s < step - 4]:

@@ -1,9 +1,16 @@
-"""`python -m ecsnap.demo`: a local cluster shows recovery of a killed trainer from memory.
+"""`python -m ecsnap.demo`: a local cluster recovers a killed trainer and a lost node.
 
-1. starts an SMP; 2. trains a reference job uninterrupted; 3. trains the same job again and
-SIGKILLs both ranks mid-run, right after a save was launched; 4. relaunches it: the ranks restore
-from the SMP's memory and finish; 5. checks that parameters, optimizer state and every loss equal
-the reference run's bit for bit.
+The cluster: --nodes simulated nodes on this machine, each with its own SMP process (socket, gRPC
+port, store directory) and --ranks-per-node trainer ranks (gloo, DDP, dropout, Adam, a per-rank
+parameter), a snapshot every step, parity g=nodes, m=1 across the SMPs.
+
+1. a reference run trains uninterrupted;
+2. trainer crash: the same job is SIGKILLed right after a save was launched, relaunched, restores
+   from the SMPs' memory and finishes;
+3. node loss: another run is killed, and one node disappears with its memory (its SMP killed,
+   its store wiped); a fresh SMP takes its place; the relaunched job rebuilds that node's state
+   from its peers' data and parity over gRPC and finishes;
+each recovered run's parameters, optimizer state and losses must equal the reference, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,9 +19,111 @@ import argparse
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from ecsnap.demo.cluster import LocalSMP, compare_runs, launch_ranks, read_restore, short_tmpdir
 from smp import report
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.smps = [LocalSMP(work / f"node{n}") for n in range(args.nodes)]
+        self.world = args.nodes * args.ranks_per_node
+        self.env = {"ECSNAP_GROUP_SIZE": str(args.nodes), "ECSNAP_PARITY": "1"}
+        self.train = ["--steps", str(args.steps)]
+
+    def run(self, out: Path, job: str, extra: list[str], expect: int) -> bool:
+        sockets = [s.socket for s in self.smps]
+        ranks = launch_ranks(
+            out, job, sockets, self.args.ranks_per_node, [*self.train, *extra], self.env
+        )
+        codes = ranks.wait(600)
+        if codes != [expect] * self.world:
+            print(ranks.output(), file=sys.stderr)
+            say(f"ranks exited with {codes}, expected {expect}")
+            return False
+        return True
+
+    def crash(self, out: Path, job: str) -> bool:
+        ok = self.run(out, job, ["--die-at-step", str(self.args.kill_at)], -9)
+        if ok:
+            step = self.args.kill_at
+            say(f"    every rank SIGKILLed right after launching its save of step {step}")
+        return ok
+
+    def recover(self, out: Path, job: str, what: str) -> bool:
+        start = time.perf_counter()
+        if not self.run(out, job, [], 0):
+            return False
+        total = time.perf_counter() - start
+        restores = [read_restore(out, r) for r in range(self.world)]
+        steps = {r["step"] for r in restores}
+        slowest = max(r["seconds"] for r in restores)
+        rebuilt = sorted(
+            {r // self.args.ranks_per_node for r, x in enumerate(restores) if x["rebuilt"]}
+        )
+        how = f"node(s) {rebuilt} rebuilt from peers, " if rebuilt else ""
+        say(
+            f"    {what}: restored step {', '.join(map(str, sorted(steps)))} on every rank "
+            f"({how}restore took "
+            f"{slowest * 1000:.0f} ms); relaunch to the end of training {total:.1f} s"
+        )
+        problems = compare_runs(self.work / "reference", out, self.world)
+        if problems:
+            say("    MISMATCH: " + "; ".join(problems))
+            return False
+        say(
+            f"    final parameters, optimizer state and all {self.args.steps} losses of every "
+            "rank equal the uninterrupted run's, bit for bit"
+        )
+        return True
+
+    def lose_node(self, node: int) -> None:
+        self.smps[node].stop(9)
+        self.smps[node].wipe()
+        self.smps[node] = LocalSMP(self.work / f"node{node}-replacement").start()
+        say(
+            f"    node {node} is gone: SMP killed, its memory wiped; a fresh, empty SMP replaces it"
+        )
+
+    def status(self, node: int) -> None:
+        rendered = report.render(report.fetch_status(self.smps[node].socket))
+        for line in rendered.splitlines():
+            print("[demo]     | " + line)
+
+    def main(self) -> int:
+        a = self.args
+        say(f"starting {a.nodes} SMPs, one per simulated node (work dir {self.work})")
+        for smp in self.smps:
+            smp.start()
+        say(
+            f"1/3 reference run: {a.nodes} nodes x {a.ranks_per_node} rank(s), {a.steps} steps, "
+            "uninterrupted"
+        )
+        if not self.run(self.work / "reference", "demo-reference", [], 0):
+            return 1
+        say("2/3 trainer crash")
+        out = self.work / "crash"
+        if not self.crash(out, "demo-crash"):
+            return 1
+        self.status(0)
+        if not self.recover(out, "demo-crash", "relaunched from the SMPs' memory"):
+            return 1
+        say("3/3 node loss")
+        out = self.work / "node-loss"
+        if not self.crash(out, "demo-node-loss"):
+            return 1
+        self.lose_node(a.lose)
+        if not self.recover(out, "demo-node-loss", "relaunched on the replacement node"):
+            return 1
+        self.status(a.lose)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,72 +132,26 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ranks", type=int, default=2, help="trainer ranks (processes)")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--kill-at", type=int, default=25, help="step after which the ranks die")
+    p.add_argument("--nodes", type=int, default=4, help="simulated nodes (an SMP each)")
+    p.add_argument("--ranks-per-node", type=int, default=1)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--kill-at", type=int, default=20, help="step after which the ranks die")
+    p.add_argument("--lose", type=int, default=2, help="the node that disappears")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     if not 0 <= args.kill_at < args.steps - 1:
         p.error("--kill-at must be within 0 .. steps-2")
-
+    if args.nodes < 2 or not 0 <= args.lose < args.nodes:
+        p.error("node loss needs --nodes >= 2 and --lose within 0 .. nodes-1")
     work = short_tmpdir("ecsnap-demo-")
-    smp = LocalSMP(work / "node0")
-    train = ["--steps", str(args.steps)]
+    demo = Demo(args, work)
     try:
-        print(f"[demo] starting an SMP (work dir {work})")
-        smp.start()
-        print(f"[demo] 1/3 reference run: {args.ranks} ranks x {args.steps} steps, uninterrupted")
-        ref = launch_ranks(work / "reference", "demo-reference", [smp.socket], args.ranks, train)
-        if any(ref.wait(300)):
-            print(ref.output(), file=sys.stderr)
-            return 1
-
-        print(f"[demo] 2/3 same job, every rank SIGKILLed right after saving step {args.kill_at}")
-        out = work / "recovered"
-        crash = launch_ranks(
-            out,
-            "demo-crash",
-            [smp.socket],
-            args.ranks,
-            [*train, "--die-at-step", str(args.kill_at)],
-        )
-        codes = crash.wait(300)
-        print(f"[demo]     ranks exited with {codes} (-9 = SIGKILL)")
-        print(
-            "\n".join(
-                "[demo]     " + line
-                for line in report.render(report.fetch_status(smp.socket)).splitlines()
-            )
-        )
-
-        print("[demo] 3/3 relaunch: restore from the SMP's memory and train to the end")
-        start = time.perf_counter()
-        again = launch_ranks(out, "demo-crash", [smp.socket], args.ranks, train)
-        if any(again.wait(300)):
-            print(again.output(), file=sys.stderr)
-            return 1
-        total = time.perf_counter() - start
-        restores = [read_restore(out, r) for r in range(args.ranks)]
-        problems = compare_runs(work / "reference", out, args.ranks)
-        step = restores[0]["step"]
-        slowest = max(r["seconds"] for r in restores)
-        print(
-            f"[demo] restored step {step} on every rank (killed after saving step "
-            f"{args.kill_at}); restore took {slowest * 1000:.1f} ms, relaunch to finish "
-            f"{total:.1f} s"
-        )
-        if problems:
-            print("[demo] MISMATCH: " + "; ".join(problems))
-            return 1
-        print(
-            f"[demo] final parameters, optimizer state and all {args.steps} losses of every "
-            "rank equal the uninterrupted run's, bit for bit"
-        )
-        return 0
+        return demo.main()
     finally:
-        smp.close()
+        for smp in demo.smps:
+            smp.close()
         if args.keep:
-            print(f"[demo] kept {work}")
+            say(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

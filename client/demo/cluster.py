@@ -35,6 +35,7 @@ class LocalSMP:
 
     root: Path
     memory_limit: str = "2G"
+    extra_args: tuple[str, ...] = ()  # more `smp serve` options, e.g. ("--metrics-port", "0")
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
     store_dir: str = field(init=False)
@@ -65,6 +66,7 @@ class LocalSMP:
             "0",
             "--memory-limit",
             self.memory_limit,
+            *self.extra_args,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
