@@ -29,6 +29,7 @@ class ClusterState:
     pending: int | None = None  # newest step begun on this node
     pending_since: float = 0.0
     digests: dict[int, list[snapshot_pb2.ChunkDigest]] = field(default_factory=dict)
+    sending: set[int] = field(default_factory=set)  # steps whose chunks this node sent
 
     @property
     def group(self) -> Group:
@@ -53,6 +54,7 @@ class ClusterState:
     def restart(self, committed: int | None) -> None:
         """The job was relaunched: forget what it had in flight after `committed`."""
         self.pending = None
+        self.sending.clear()  # the relaunched job saves those steps again
         if committed is None or (self.protected is not None and self.protected > committed):
             self.protected = committed
         for steps in self.protected_by.values():

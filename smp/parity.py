@@ -38,6 +38,9 @@ class Cell:
     stripe: int = -1
     length: int = 0
     done: dict[int, snapshot_pb2.ChunkDigest] = field(default_factory=dict)  # node -> digest
+    # Nodes whose chunk started arriving: a second stream of the same chunk (a duplicate or a
+    # retry after a half-folded one) would corrupt the cell, so it is refused.
+    started: set[int] = field(default_factory=set)
     checksum: int | None = None  # of the complete cell
     epoch: int = 0  # the job incarnation whose chunks fill the cell
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,13 +109,15 @@ class ParityHolder:
                 if target.step > step:
                     raise Conflict(f"step {step} was superseded by step {target.step}")
                 target.step, target.stripe, target.done, target.checksum = step, stripe, {}, None
+                target.started = set()
                 target.length, target.epoch = 0, self.epoch
                 cell = target
                 with cell.lock:
                     if cell.arena is not None:  # XOR accumulation starts from zero
                         np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
-            elif from_node in cell.done:
-                raise Conflict(f"node {from_node} already delivered its chunk of step {step}")
+            elif from_node in cell.started:
+                raise Conflict(f"node {from_node} already sent its chunk of step {step} here")
+            cell.started.add(from_node)
             epoch = self.epoch
             # A node may send several chunks here: keep the first copy (it collects digests).
             self.manifests.setdefault(step, {}).setdefault(from_node, manifest)
@@ -190,6 +195,7 @@ class ParityHolder:
             cell.done = {
                 n: snapshot_pb2.ChunkDigest(stripe=stripe, checksum=c) for n, c in digests.items()
             }
+            cell.started = set(cell.done)
             cell.checksum = xxhash.xxh3_64_intdigest(data)
 
     def restart(self, committed: int | None) -> None:
@@ -202,6 +208,7 @@ class ParityHolder:
                     if committed is None or c.step > committed:
                         with c.lock:
                             c.step, c.done, c.checksum, c.length = -1, {}, None, 0
+                            c.started = set()
             for step in [s for s in self.manifests if committed is None or s > committed]:
                 del self.manifests[step]
 

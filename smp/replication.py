@@ -112,7 +112,7 @@ class Replication:
             if same and old is not None:
                 cluster.protected_by, cluster.protected = old.protected_by, old.protected
                 cluster.pending, cluster.pending_since = old.pending, old.pending_since
-                cluster.digests = old.digests
+                cluster.digests, cluster.sending = old.digests, old.sending
                 if old.secret != cluster.secret:  # a new incarnation of the job
                     cluster.restart(self._service.committed(job_id))
             self._clusters[job_id] = cluster
@@ -162,6 +162,12 @@ class Replication:
         node = self._service.node_parts(job_id, step)
         if node is None:
             return  # other local ranks still copying
+        with self._lock:  # the last two ranks may complete at once: send the step only once
+            if step in cluster.sending:
+                return
+            cluster.sending.add(step)
+            for old in [s for s in cluster.sending if s < step - 4]:
+                cluster.sending.discard(old)
         parts, records = node
         manifest = snapshot_pb2.NodeManifest(
             node=cluster.node, step=step, blob_bytes=sum(len(p) for p in parts), slots=records

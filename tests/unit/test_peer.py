@@ -14,6 +14,7 @@ import xxhash
 
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.defaults import PEER_TOKEN_KEY
+from smp.errors import Conflict
 from smp.peer import PeerServer, PeerServicer
 from smp.replication import Replication
 from smp.service import RankInfo, SnapshotService
@@ -133,14 +134,14 @@ def test_every_field_is_validated(node: Node) -> None:
     expect(bad, "holds no parity", push, chunk_stream(0, other, elsewhere, b"a"), metadata=auth())
     expect(bad, "contributes no data", push, chunk_stream(0, mine, 1, b"a"), metadata=auth())
     expect(bad, "memory limit", push, chunk_stream(0, mine, sender, b"a", 1 << 40), metadata=auth())
-    expect(bad, "overruns", push, chunk_stream(0, mine, sender, b"abcd", 2), metadata=auth())
-    expect(bad, "ended after", push, chunk_stream(0, mine, sender, b"ab", 4), metadata=auth())
+    expect(bad, "overruns", push, chunk_stream(1, mine, sender, b"abcd", 2), metadata=auth())
+    expect(bad, "ended after", push, chunk_stream(2, mine, sender, b"ab", 4), metadata=auth())
     expect(bad, "must start with its header", push, iter([]), metadata=auth())
     expect(
         grpc.StatusCode.DATA_LOSS,
         "arrived corrupted",
         push,
-        chunk_stream(0, mine, sender, b"abcd", bad=True),
+        chunk_stream(3, mine, sender, b"abcd", bad=True),
         metadata=auth(),
     )
     protected = peer_pb2.ProtectedRequest(job_id=JOB, node=9, step=0)
@@ -168,7 +169,7 @@ def test_a_good_chunk_is_folded_in_and_served_back(node: Node) -> None:
     # A node may not deliver the same chunk of a step twice (it would cancel out of the XOR).
     expect(
         grpc.StatusCode.FAILED_PRECONDITION,
-        "already delivered",
+        "already sent",
         node.stub.PushChunk,
         chunk_stream(3, stripe, a, da),
         metadata=auth(),
@@ -193,3 +194,17 @@ def test_a_restarted_job_voids_uncommitted_parity(node: Node) -> None:
     fetch = peer_pb2.FetchCellRequest(job_id=JOB, step=4, stripe=stripe)
     expect(grpc.StatusCode.UNAUTHENTICATED, "wrong", node.stub.FetchCell, fetch, metadata=auth())
     node.stub.PushChunk(chunk_stream(4, stripe, a, b"y" * 64), metadata=auth(new))  # accepted again
+
+
+def test_a_chunk_streaming_twice_at_once_is_refused(node: Node) -> None:
+    """Two streams of one chunk (say, a sender that raced itself) would fold it in twice and
+    cancel it out of the parity: the second is refused while the first is still arriving."""
+    g = node.replication.cluster(JOB)
+    assert g is not None
+    stripe = g.group.parity_cells(1)[0][0]
+    a, _ = g.group.contributors(stripe)
+    manifest = snapshot_pb2.NodeManifest(node=a, step=6, blob_bytes=128)
+    holder, cell, epoch = node.replication.parity_begin(JOB, 6, stripe, a, 64, manifest)
+    holder.accumulate(cell, epoch, 6, a, 0, b"z" * 32)  # half of it arrived
+    with pytest.raises(Conflict, match="already sent"):
+        node.replication.parity_begin(JOB, 6, stripe, a, 64, manifest)
