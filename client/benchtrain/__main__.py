@@ -1,0 +1,5 @@
+import sys
+
+from ecsnap.benchtrain.runner import main
+
+sys.exit(main(prog="python -m ecsnap.benchtrain"))

@@ -1,0 +1,422 @@
+"""Figures from the raw runs: summary per contender, target checks, the stdout table, the PNG.
+
+Only contenders that ran are summarized; a contender that failed is shown as failed with its error
+and no figures.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ecsnap.benchtrain.contenders import Spec
+
+
+def stats(values: Iterable[float | None]) -> dict[str, float] | None:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {
+        "median": statistics.median(vals),
+        "mean": statistics.fmean(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": float(len(vals)),
+    }
+
+
+def _loop_s(run: Mapping[str, Any]) -> float:
+    return max(float(r["loop_s"]) for r in run["train"]["ranks"])
+
+
+def _steps_per_s(run: Mapping[str, Any]) -> float:
+    return float(run["train"]["ranks"][0]["steps"]) / _loop_s(run)
+
+
+def summarize(
+    spec: Spec, runs: list[dict[str, Any]], baseline: Mapping[int, float]
+) -> dict[str, Any]:
+    sps = [_steps_per_s(r) for r in runs]
+    rel = [_steps_per_s(r) / baseline[r["repeat"]] for r in runs if r["repeat"] in baseline]
+    step_s = stats(1.0 / v for v in sps)
+    ckpts = [c for r in runs for rank in r["train"]["ranks"] for c in rank["checkpoints"]]
+    per_run_blocked = [
+        statistics.fmean(
+            c["blocked_s"] for rank in r["train"]["ranks"] for c in rank["checkpoints"]
+        )
+        for r in runs
+        if any(rank["checkpoints"] for rank in r["train"]["ranks"])
+    ]
+    s: dict[str, Any] = {
+        "label": spec.label,
+        "kind": spec.kind,
+        "interval": spec.interval,
+        "parity": spec.parity,
+        "runs": len(runs),
+        "steps_per_s": stats(sps),
+        "step_s": step_s,
+        "throughput_vs_baseline": stats(rel),
+        "checkpoints": len(ckpts),
+        "blocked_s": stats(c["blocked_s"] for c in ckpts),
+        "blocked_s_per_run_mean": stats(per_run_blocked),
+        "safe_s": stats(c["safe_s"] for c in ckpts),
+        "copy_s": stats(c.get("copy_s") for c in ckpts),
+        "first_save_blocked_s": stats(
+            rank["warmup_checkpoints"][0]["blocked_s"]
+            for r in runs
+            for rank in r["train"]["ranks"]
+            if rank["warmup_checkpoints"]
+        ),
+        "trainer_max_rss_bytes": stats(
+            max(rank["max_rss_bytes"] for rank in r["train"]["ranks"]) for r in runs
+        ),
+        "smp_vm_hwm_bytes": stats(
+            max(m["vm_hwm_bytes"] for m in r["smp_memory"]) for r in runs if r["smp_memory"]
+        ),
+        "smp_arena_bytes": stats(
+            max(m["arena_bytes"] for m in r["smp_memory"]) for r in runs if r["smp_memory"]
+        ),
+    }
+    for key in ("kill", "cold", "node_loss"):
+        if any(key in r for r in runs):
+            s[key] = {
+                f: stats(r[key][f] for r in runs if key in r)
+                for f in ("recovery_s", "load_s", "startup_s", "import_s")
+            }
+    # Work lost per failure, in steps: a failure at a uniformly random moment loses the time
+    # since the newest *safe* checkpoint: N/2 steps plus the safe latency on average, N plus it
+    # at worst (N = interval, latency in steps = median time-to-safe / median step time).
+    if spec.interval and step_s is not None and s["safe_s"] is not None:
+        lag = s["safe_s"]["median"] / step_s["median"]
+        s["work_lost_steps"] = {"mean": spec.interval / 2 + lag, "worst": spec.interval + lag}
+    return s
+
+
+def build(
+    config: dict[str, Any],
+    machine: dict[str, Any],
+    known: Mapping[str, Spec],
+    names: list[str],
+    runs: Mapping[str, list[dict[str, Any]]],
+    errors: Mapping[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    base_ok = "baseline" in names and not errors.get("baseline")
+    baseline = {r["repeat"]: _steps_per_s(r) for r in runs.get("baseline", [])} if base_ok else {}
+    contenders: dict[str, Any] = {}
+    for name in names:
+        spec = known[name]
+        entry: dict[str, Any] = {"label": spec.label, "raw_runs": runs[name]}
+        if errors[name]:
+            entry["status"] = "failed"
+            entry["errors"] = errors[name]
+        else:
+            entry["status"] = "ok"
+            entry["summary"] = summarize(spec, runs[name], baseline)
+        contenders[name] = entry
+    data: dict[str, Any] = {"config": config, "machine": machine, "contenders": contenders}
+    data["targets"] = targets(data)
+    return data
+
+
+def _get(data: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    entry = data["contenders"].get(name)
+    if entry is None or entry["status"] != "ok":
+        return None
+    summary: dict[str, Any] = entry["summary"]
+    return summary
+
+
+def _med(s: Mapping[str, Any] | None, *path: str) -> float | None:
+    cur: Any = s
+    for key in path:
+        if not isinstance(cur, Mapping) or cur.get(key) is None:
+            return None
+        cur = cur[key]
+    return float(cur["median"]) if isinstance(cur, Mapping) and "median" in cur else None
+
+
+def _mean(s: Mapping[str, Any] | None, key: str) -> float | None:
+    if s is None or s.get(key) is None:
+        return None
+    return float(s[key]["mean"])
+
+
+def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for ecsnap with a snapshot every step and parity on."""
+    subject, note = "ecsnap_parity", ""
+    e = _get(data, subject)
+    if e is None and _get(data, "ecsnap") is not None:
+        subject, note, e = "ecsnap", " [parity on did not run: measured with parity off]", None
+        e = _get(data, "ecsnap")
+    out: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, goal: float, higher: bool, detail: str) -> None:
+        met = None if value is None else (value >= goal if higher else value <= goal)
+        out.append(
+            {
+                "target": name + note,
+                "subject": subject,
+                "value": value,
+                "goal": goal,
+                "met": met,
+                "detail": detail if value is not None else "not measured: " + detail,
+            }
+        )
+
+    if e is None:
+        return out
+    rel = _med(e, "throughput_vs_baseline")
+    base = _get(data, "baseline")
+    step = _med(base, "step_s")
+    copy = _med(e, "copy_s")
+    ratio = f"step compute / state copy = {step / copy:.1f}x" if step and copy else ""
+    check("throughput >= 95% of baseline", rel, 0.95, True, ratio)
+    dcpa = _get(data, "dcp_async")
+    dcpa_rel = _med(dcpa, "throughput_vs_baseline")
+    n = data["config"]["interval"]
+    for who in (subject + "_n", subject):
+        mine = _med(_get(data, who), "throughput_vs_baseline")
+        value = None if mine is None or dcpa_rel is None else mine / dcpa_rel
+        what = f"every {n}" if who.endswith("_n") else f"every step vs DCP's every {n}"
+        check(
+            f"throughput better than DCP async_save ({what})",
+            value,
+            1.0,
+            True,
+            f"{who} / dcp_async throughput",
+        )
+    blocked = _mean(e, "blocked_s")
+    for other, goal in (("dcp_async", 10.0), ("torch_save", 50.0)):
+        theirs = _mean(_get(data, other), "blocked_s")
+        value = None if blocked is None or theirs is None or blocked == 0 else theirs / blocked
+        check(
+            f"blocked per snapshot <= 1/{goal:g} of {other}",
+            value,
+            goal,
+            True,
+            f"{other} mean blocked / {subject} mean blocked",
+        )
+    mine_kill = _med(e, "kill", "recovery_s")
+    mine_load = _med(e, "kill", "load_s")
+    for other in ("torch_save", "dcp_save", "dcp_async"):
+        s = _get(data, other)
+        theirs = _med(s, "kill", "recovery_s")
+        value = None if mine_kill is None or theirs is None else theirs / mine_kill
+        load = _med(s, "kill", "load_s")
+        detail = f"{other} / {subject} relaunch-to-first-step"
+        if load and mine_load:
+            detail += f"; load only: {load / mine_load:.1f}x"
+        check(f"recovery after trainer kill >= 5x faster than {other}", value, 5.0, True, detail)
+    mine_node = _med(e, "node_loss", "recovery_s")
+    mine_node_load = _med(e, "node_loss", "load_s")
+    for other in ("torch_save", "dcp_save", "dcp_async"):
+        s = _get(data, other)
+        theirs = _med(s, "cold", "recovery_s")
+        value = None if mine_node is None or theirs is None else theirs / mine_node
+        load = _med(s, "cold", "load_s")
+        detail = f"{other} (page cache dropped) / {subject} after node loss"
+        if load and mine_node_load:
+            detail += f"; load only: {load / mine_node_load:.1f}x"
+        check(f"recovery after node loss >= 2x faster than {other}", value, 2.0, True, detail)
+    return out
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _spread(s: Mapping[str, float] | None, fmt: str = "{:.3f}") -> str:
+    if s is None:
+        return "-"
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}..{fmt.format(s['max'])}]"
+
+
+def _mib(v: float | None) -> str:
+    return "-" if v is None else f"{v / (1 << 20):.0f} MiB"
+
+
+def _sec(s: Mapping[str, Any] | None, key: str) -> str:
+    if s is None or s.get(key) is None:
+        return "-"
+    r, load = s[key]["recovery_s"], s[key]["load_s"]
+    if r is None:
+        return "-"
+    return (
+        f"{r['median']:.2f} s [{r['min']:.2f}..{r['max']:.2f}] "
+        f"(load {_ms(load['median'] if load else None)})"
+    )
+
+
+def render(data: Mapping[str, Any]) -> str:
+    c, m = data["config"], data["machine"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / (1 << 30):.0f} GiB, "
+        f"{m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}; "
+        f"checkpoint dir on {m['ckpt_dir_fs']}",
+        f"job: {c['nodes']} node(s) x {c['ranks_per_node']} rank(s), "
+        f"{c['state_bytes_per_rank'] / (1 << 20):.0f} MiB state per rank, "
+        f"{c['params'] / 1e6:.1f}M params; {c['warmup']} warm-up + {c['steps']} measured steps; "
+        f"median [min..max] of {c['repeats']} interleaved run(s)",
+        "",
+        f"{'contender':<20} {'steps/s':>7}  {'vs baseline':<21} {'blocked/ckpt mean':>17} "
+        f"{'max':>9} {'safe after':>10}  {'lost/failure (steps)':<20}",
+    ]
+    failed = []
+    for name, entry in data["contenders"].items():
+        label = entry["label"]
+        if entry["status"] != "ok":
+            err = entry["errors"][0]["error"].splitlines()[0]
+            lines.append(f"{label:<20} FAILED: {err[:150]}")
+            failed.append(name)
+            continue
+        s = entry["summary"]
+        sps = s["steps_per_s"]["median"]
+        lost = s.get("work_lost_steps")
+        lost_txt = (
+            f"{lost['mean']:.1f} mean, {lost['worst']:.1f} worst" if lost else "all (restart at 0)"
+        )
+        b = s["blocked_s"]
+        lines.append(
+            f"{label:<20} {sps:7.3f}  {_spread(s['throughput_vs_baseline']):<21} "
+            f"{_ms(b['mean'] if b else None):>17} {_ms(b['max'] if b else None):>9} "
+            f"{_ms(_med(s, 'safe_s')):>10}  {lost_txt:<20}"
+        )
+    lines += [
+        "",
+        f"{'contender':<20} {'recovery: trainer kill':<36} {'cold cache / node loss':<36} "
+        f"{'trainer RSS':>11} {'SMP RSS':>8} {'arena/node':>10}",
+    ]
+    for entry in data["contenders"].values():
+        if entry["status"] != "ok":
+            continue
+        s = entry["summary"]
+        second = _sec(s, "cold") if "cold" in s else _sec(s, "node_loss")
+        if "cold" not in s and "node_loss" not in s:
+            second = "not covered" if s["kind"] == "ecsnap" else "-"
+        if "cold" in s:
+            second = "cold: " + second
+        elif "node_loss" in s:
+            second = "node: " + second
+        lines.append(
+            f"{entry['label']:<20} {_sec(s, 'kill'):<36} {second:<36} "
+            f"{_mib(_med(s, 'trainer_max_rss_bytes')):>11} "
+            f"{_mib(_med(s, 'smp_vm_hwm_bytes')):>8} {_mib(_med(s, 'smp_arena_bytes')):>10}"
+        )
+    lines += [
+        "",
+        "blocked = time the training loop waited for a checkpoint (ecsnap: in save() plus the "
+        "optimizer fence);",
+        "safe = checkpoint start until fsynced on disk / committed by the SMPs; recovery = "
+        "relaunch until the first step",
+        "after loading is done (load = loading alone); baseline: a fresh start, nothing loaded.",
+    ]
+    if data["targets"]:
+        lines += ["", "targets:"]
+        for t in data["targets"]:
+            verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            value = "-" if t["value"] is None else f"{t['value']:.3g}"
+            lines.append(
+                f"  {verdict:<6} {t['target']}: {value} (goal {t['goal']:g}; {t['detail']})"
+            )
+    if failed:
+        lines += ["", "failed contenders:"]
+        for name in failed:
+            for err in data["contenders"][name]["errors"]:
+                lines.append(f"  {name} (repeat {err['repeat'] + 1}): {err['error'][:2000]}")
+    return "\n".join(lines)
+
+
+# -- plot ---------------------------------------------------------------------------------------
+
+
+def plot(data: Mapping[str, Any], path: str) -> str:
+    """Write the PNG; returns a line saying what happened (never raises for a missing library)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return (
+            "plot skipped: matplotlib is not installed (pip install 'ecsnap[bench]'); "
+            "the table and the JSON have every figure"
+        )
+    ok = [(e["label"], e["summary"]) for e in data["contenders"].values() if e["status"] == "ok"]
+    bad = [e["label"] for e in data["contenders"].values() if e["status"] != "ok"]
+    if not ok:
+        return "plot skipped: no contender ran"
+    labels = [label for label, _ in ok]
+    ys = list(range(len(ok)))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 0.55 * len(ok) + 2.4), sharey=True)
+    ax = axes[0]
+    for y, (_, s) in zip(ys, ok, strict=True):
+        r = s.get("throughput_vs_baseline")
+        if r:
+            ax.barh(y, r["median"], color="tab:blue")
+            ax.errorbar(
+                r["median"],
+                y,
+                xerr=[[r["median"] - r["min"]], [r["max"] - r["median"]]],
+                color="black",
+                capsize=3,
+            )
+            ax.text(r["median"], y, f" {r['median']:.2f}", va="center", fontsize=8)
+    ax.axvline(0.95, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("training throughput / baseline (median, min..max)")
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()
+    ax = axes[1]
+    for y, (_, s) in zip(ys, ok, strict=True):
+        b = s.get("blocked_s")
+        if b:
+            ax.barh(y, b["mean"] * 1e3, color="tab:orange")
+            ax.plot(b["max"] * 1e3, y, "k|", markersize=12)
+            ax.text(b["mean"] * 1e3, y, f" {b['mean'] * 1e3:.1f}", va="center", fontsize=8)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("blocked per checkpoint, ms (mean; | = max; log)")
+    ax = axes[2]
+    h = 0.38
+    for y, (_, s) in zip(ys, ok, strict=True):
+        kill = s.get("kill")
+        other = s.get("cold") or s.get("node_loss")
+        if kill and kill["recovery_s"]:
+            ax.barh(y - h / 2, kill["recovery_s"]["median"], h, color="tab:green")
+            if kill["load_s"]:
+                ax.barh(y - h / 2, kill["load_s"]["median"], h, color="darkgreen")
+        if other and other["recovery_s"]:
+            ax.barh(y + h / 2, other["recovery_s"]["median"], h, color="tab:red")
+            if other["load_s"]:
+                ax.barh(y + h / 2, other["load_s"]["median"], h, color="darkred")
+    ax.set_xlabel("recovery: relaunch to first step, s (dark: loading)")
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[
+            Patch(color="tab:green", label="trainer kill"),
+            Patch(color="tab:red", label="disk: cold cache / ecsnap: node loss"),
+        ],
+        fontsize=8,
+        loc="best",
+    )
+    c, m = data["config"], data["machine"]
+    title = (
+        f"smp bench train: {c['nodes']}x{c['ranks_per_node']} ranks, "
+        f"{c['state_bytes_per_rank'] / (1 << 20):.0f} MiB state/rank, {m['cores']} cores "
+        f"{m['device']}; median of {c['repeats']}"
+    )
+    if bad:
+        title += f"; FAILED: {', '.join(bad)}"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"plot: {path}"
