@@ -6,9 +6,6 @@ Also: every service event reaches its metric (fed in-process, no daemon needed).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ecsnap.demo.cluster import LocalSMP, launch_ranks
 from smp import report
-from smp.daemon import socket_is_served
 from smp.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(240)
@@ -48,27 +44,8 @@ class MetricsSMP(LocalSMP):
     metrics: str = ""
 
     def start(self, timeout: float = 30.0) -> MetricsSMP:
-        cmd = [
-            sys.executable,
-            "-m",
-            "smp",
-            "serve",
-            "--socket",
-            self.socket,
-            "--store-dir",
-            self.store_dir,
-            "--memory-limit",
-            self.memory_limit,
-            "--metrics-port",
-            "0",
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not socket_is_served(self.socket, 200):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"SMP did not start:\n{self.tail()}")
+        self.extra_args = ("--metrics-port", "0")
+        super().start(timeout)
         found = re.search(r"Prometheus metrics on http://(\S+)/metrics", self.tail())
         if found is None:
             self.close()
