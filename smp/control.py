@@ -23,8 +23,9 @@ from google.protobuf.message import DecodeError
 
 from smp._proto import control_pb2 as pb
 from smp.errors import BadRequest, SmpError
+from smp.jobs import CommitState, OpenedSnapshot, RankInfo
 from smp.replication import RebuildResult, Replication
-from smp.service import CommitState, OpenedSnapshot, RankInfo, SnapshotService
+from smp.service import SnapshotService
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import xxhash
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.defaults import PEER_TOKEN_KEY
 from smp.errors import Conflict
+from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
 from smp.replication import Replication
-from smp.service import RankInfo, SnapshotService
+from smp.service import SnapshotService
 from smp.store import Store
 
 JOB = "job-p"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from smp.errors import BadRequest, ChecksumMismatch, Conflict, MemoryLimitExceeded, NotRegistered
-from smp.service import RankInfo, SlotState, SnapshotService
+from smp.jobs import RankInfo, SlotState
+from smp.service import SnapshotService
 from smp.store import ARENA_GRANULE, Store
 
 JOB = "job-1"
