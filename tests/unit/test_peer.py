@@ -3,6 +3,7 @@ malformed or hostile call leaves the SMP serving and its parity untouched."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,3 +210,21 @@ def test_a_chunk_streaming_twice_at_once_is_refused(node: Node) -> None:
     holder.accumulate(cell, epoch, 6, a, 0, b"z" * 32)  # half of it arrived
     with pytest.raises(Conflict, match="already sent"):
         node.replication.parity_begin(JOB, 6, stripe, a, 64, manifest)
+
+
+def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> None:
+    """The node's peers never answer: its step is complete locally but never commits, the
+    job is told a new save would have to wait (so ranks skip), and the SMP serves on."""
+    svc = node.service
+    grant = svc.begin_save(JOB, 1, 2, 4096)
+    with svc.store.arena_path(JOB, 1, grant.slot).open("r+b") as f:
+        f.write(b"\x07" * 4096)
+    svc.commit_save(JOB, 1, 2, grant.slot, grant.generation, 4096, b"manifest")
+    deadline = time.monotonic() + 20
+    while 2 not in svc.list_steps(JOB, 1)[0]:  # checksummed, complete on this node
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # the pushes to the dead peers fail (connection refused) meanwhile
+    assert svc.committed(JOB) is None
+    assert node.replication.save_ready(JOB) == (False, 2)
+    assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job
