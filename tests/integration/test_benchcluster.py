@@ -1,0 +1,24 @@
+"""`smp bench cluster` plumbing on a tiny state: real SMPs, real parity, the byte counts exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecsnap.benchcluster import NODES, run_setting
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_parity_traffic_is_m_times_the_state_and_a_wiped_node_is_rebuilt(
+    workdir: Path, m: int
+) -> None:
+    size = 3 << 20
+    figures = run_setting(workdir, m, size, 1, "64M")
+    assert figures.sent_per_node == [m * size] * NODES  # per-node parity traffic is m x S
+    assert figures.rebuild_fetched == NODES * size  # k cells of every stripe: g x S
+    summary = figures.summary()
+    assert summary["sent_per_node_over_S"] == m
+    assert all(v > 0 for v in summary.values())
