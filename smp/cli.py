@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from smp import __version__, defaults
-from smp.config import ENV_SMP_CONFIG, ServeConfig, parse_size
+from smp.config import ENV_SMP_CONFIG, ENV_SMP_TLS, ServeConfig, parse_size
 from smp.errors import ConfigError, SmpError
+from smp.tls import PeerTls
 
 logger = logging.getLogger("smp")
 
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--socket", default=None, help="control socket of the SMP")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    for sub_parser in (serve, status):
+        _tls_arguments(sub_parser)
 
     # `smp launch` parses its own arguments (the rest is torchrun's command line): see main().
     sub.add_parser(
@@ -125,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    what = {"tls_cert": "certificate", "tls_key": "private key", "tls_ca": "CA's certificate"}
+    for key, env in ENV_SMP_TLS.items():
+        parser.add_argument(
+            "--" + key.replace("_", "-"),
+            help=f"mutual TLS on the peer port: this SMP's {what[key]}, PEM (env {env}; "
+            "all three of --tls-cert, --tls-key, --tls-ca, or none)",
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from smp import logs
     from smp.daemon import Daemon
@@ -143,6 +157,9 @@ def _serve(args: argparse.Namespace) -> int:
             "config",
             "metrics_port",
             "metrics_host",
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
         )
     }
     config = ServeConfig.from_sources(flags)
@@ -174,7 +191,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"smp status: {exc}", file=sys.stderr)
         return 2
     # Liveness also needs the peer port: the standard gRPC health service must say SERVING.
-    health = report.check_health(status.grpc_address, args.timeout)
+    try:
+        tls = PeerTls.load(
+            *(getattr(args, k) or os.environ.get(v, "") for k, v in ENV_SMP_TLS.items())
+        )
+    except ConfigError as exc:
+        print(f"smp status: {exc}", file=sys.stderr)
+        return 2
+    health = report.check_health(status.grpc_address, args.timeout, tls)
     print(report.to_json(status, health) if args.json else report.render(status, health))
     if health != report.SERVING:
         print(

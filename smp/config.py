@@ -29,6 +29,7 @@ ENV_SMP_CONFIG = "SMP_CONFIG"
 ENV_SMP_METRICS_PORT = "SMP_METRICS_PORT"
 ENV_SMP_METRICS_HOST = "SMP_METRICS_HOST"
 ENV_SMP_LOG_FORMAT = "SMP_LOG_FORMAT"
+ENV_SMP_TLS = {"tls_cert": "SMP_TLS_CERT", "tls_key": "SMP_TLS_KEY", "tls_ca": "SMP_TLS_CA"}
 
 # Setting name -> environment variable. The setting names are also the config file's keys
 # (`store_dir` or `store-dir`) and the flags' (`--store-dir`).
@@ -43,6 +44,7 @@ ENVIRONMENT = {
     "log_format": ENV_SMP_LOG_FORMAT,
     "metrics_port": ENV_SMP_METRICS_PORT,
     "metrics_host": ENV_SMP_METRICS_HOST,
+    **ENV_SMP_TLS,
 }
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -79,6 +81,9 @@ class ServeConfig:
     log_format: str = "text"  # or "json": one object per line, with job, rank, step fields
     metrics_port: int | None = None  # None: no Prometheus endpoint; 0: any free port
     metrics_host: str = ""  # "": the same address as --host
+    tls_cert: str = ""  # PEM files: mutual TLS on the peer port (all three, or none)
+    tls_key: str = ""
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         if len(self.socket.encode()) > MAX_SOCKET_PATH:

@@ -24,6 +24,7 @@ from smp.peer import PeerServer, PeerServicer
 from smp.replication import Replication
 from smp.service import SnapshotService
 from smp.store import Store
+from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ class Daemon:
         kept = service.adopt(self.store.adopt_all())
         if kept:
             logger.info("re-adopted %d complete snapshots from %s", kept, cfg.store_dir)
-        self.replication = Replication(service, cfg.codec)
+        tls = PeerTls.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.replication = Replication(service, cfg.codec, tls=tls)
         servicer = PeerServicer(service, self.replication, self.node_id, self.engine)
-        self.peer = PeerServer(servicer, cfg.host, cfg.port)
+        self.peer = PeerServer(servicer, cfg.host, cfg.port, tls=tls)
         self.control = ControlServer(service, self.replication, cfg.socket, self.status, self._slow)
         self._service = service
         # Before the control socket: once it answers (readiness), metrics are served too.
@@ -79,12 +81,13 @@ class Daemon:
         self.peer.start()
         self.control.start()
         logger.info(
-            "SMP %s (pid %d) serving: control ipc://%s, gRPC %s, store %s, memory limit %s, "
+            "SMP %s (pid %d) serving: control ipc://%s, gRPC %s%s, store %s, memory limit %s, "
             "codec engine %s",
             __version__,
             os.getpid(),
             cfg.socket,
             self.peer.address,
+            " (mutual TLS)" if tls is not None else " (plaintext; the job's secret guards it)",
             cfg.store_dir,
             format_size(self.store.memory_limit),
             self.engine,

@@ -33,6 +33,7 @@ from smp.errors import (
 )
 from smp.replication import Replication
 from smp.service import SnapshotService
+from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
 
 
 class PeerServer:
-    def __init__(self, servicer: PeerServicer, host: str, port: int, workers: int = 16) -> None:
+    def __init__(
+        self,
+        servicer: PeerServicer,
+        host: str,
+        port: int,
+        workers: int = 16,
+        tls: PeerTls | None = None,
+    ) -> None:
         self._servicer = servicer
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smp-grpc"),
@@ -187,7 +195,11 @@ class PeerServer:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(target)
+        self.port = (
+            self._server.add_secure_port(target, tls.server_credentials())
+            if tls is not None
+            else self._server.add_insecure_port(target)
+        )
         if self.port == 0:
             raise OSError(f"gRPC could not bind {target}: is the port in use?")
         self.address = advertised_address(host, self.port)

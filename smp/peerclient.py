@@ -9,17 +9,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-import grpc
-
 from smp._proto import peer_pb2, peer_pb2_grpc
 from smp.defaults import PEER_MAX_MESSAGE, PEER_TOKEN_KEY
+from smp.tls import PeerTls, open_channel
 
 
 class PeerClient:
-    def __init__(self, address: str, secret: bytes) -> None:
+    def __init__(self, address: str, secret: bytes, tls: PeerTls | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(
+        self._channel = open_channel(
             address,
+            tls,
             options=[
                 ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
                 ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
@@ -72,7 +72,8 @@ class PeerClient:
 class PeerClients:
     """A cache of clients by address, rebuilt when the job's secret changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: PeerTls | None = None) -> None:
+        self._tls = tls
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, bytes], PeerClient] = {}
 
@@ -80,7 +81,7 @@ class PeerClients:
         with self._lock:
             client = self._clients.get((address, secret))
             if client is None:
-                client = self._clients[(address, secret)] = PeerClient(address, secret)
+                client = self._clients[(address, secret)] = PeerClient(address, secret, self._tls)
             return client
 
     def close(self) -> None:

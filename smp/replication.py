@@ -29,6 +29,7 @@ from smp.protection import announce, blob_pieces, send_chunks
 from smp.rebuild import rebuild_node
 from smp.service import SnapshotService
 from smp.store import check_job_id
+from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Replication:
         engine: str,
         commit_timeout: float = 120.0,
         rpc_timeout: float = 60.0,
+        tls: PeerTls | None = None,
     ) -> None:
         self._service = service
         self._engine = engine
@@ -64,7 +66,7 @@ class Replication:
         self._lock = threading.RLock()
         self._rebuild_lock = threading.Lock()  # one rebuild at a time; later callers see its result
         self._clusters: dict[str, ClusterState] = {}
-        self._clients = PeerClients()
+        self._clients = PeerClients(tls)
         # Coordinators wait on pushes: separate pools, so waiting never starves the pushes.
         self._coord_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-coord")
         self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smp-send")

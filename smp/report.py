@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import control_pb2 as pb
 from smp.config import format_size
+from smp.tls import PeerTls, open_channel
 
 
 class NotAnswering(Exception):
@@ -54,11 +55,12 @@ def dialable(address: str) -> str:
     return address
 
 
-def check_health(address: str, timeout_s: float = 3.0) -> str:
-    """The SMP's gRPC health (overall service ""): SERVING, NOT_SERVING, ... or UNREACHABLE."""
+def check_health(address: str, timeout_s: float = 3.0, tls: PeerTls | None = None) -> str:
+    """The SMP's gRPC health (overall service ""): SERVING, NOT_SERVING, ... or UNREACHABLE.
+    With the peer service on mutual TLS, `tls` is a certificate the SMP accepts."""
     if not address:
         return "UNKNOWN (no gRPC address)"
-    with grpc.insecure_channel(dialable(address)) as channel:
+    with open_channel(dialable(address), tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
