@@ -46,24 +46,14 @@ class PeerClient:
 
     def fetch_cell(
         self, job_id: str, step: int, stripe: int, timeout: float
-    ) -> tuple[int, bytearray]:
-        """(checksum, bytes) of the peer's cell of `stripe` for `step`."""
-        stream = self.stub.FetchCell(
+    ) -> Iterator[peer_pb2.FetchCellResponse]:
+        """The peer's cell of `stripe` for `step`, streamed: a header, then ~1 MiB pieces."""
+        stream: Iterator[peer_pb2.FetchCellResponse] = self.stub.FetchCell(
             peer_pb2.FetchCellRequest(job_id=job_id, step=step, stripe=stripe),
             timeout=timeout,
             metadata=self.metadata,
         )
-        buf = bytearray()
-        checksum = 0
-        for msg in stream:
-            if msg.HasField("header"):
-                checksum = msg.header.checksum
-                buf = bytearray(msg.header.length)
-                at = 0
-            else:
-                buf[at : at + len(msg.data)] = msg.data
-                at += len(msg.data)
-        return checksum, buf
+        return stream
 
     def close(self) -> None:
         self._channel.close()

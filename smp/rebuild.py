@@ -1,20 +1,22 @@
-"""Rebuilding a lost node: fetch k surviving cells of every stripe from the group, decode ours.
+"""Rebuilding a lost node: stream k surviving cells of every stripe from the group, decode ours.
 
 A replacement node's SMP starts empty. It asks every peer for the job's committed step and the node
-manifests they hold, then for each stripe of its group fetches k surviving cells (data chunks of
-other nodes, or parity cells) over streaming gRPC, checks each against its checksum (a bad cell is
-an erasure: another survivor is used), and decodes its own cell: a chunk of its blob, or one of
-its parity cells. The rebuilt blob is checked chunk by chunk against the digests the holders
-recorded when the chunks first arrived. Fewer than k good cells in any stripe is a clear error
-naming the step, the group and the missing nodes; nothing partial is ever installed.
-"""
+manifests they hold, then, for all stripes of its group at once, streams k surviving cells (data
+chunks of other nodes, or parity cells) over server-streaming gRPC and folds every ~1 MiB piece
+into its own cell as it arrives (the codec's partial decode: each survivor's share is linear), so
+no fetched cell is ever buffered. Each stream is checked against its checksum at its end; a cell
+that fails or does not match is an erasure: the stripe is cleared and done again with another
+survivor. The rebuilt chunks are checked against the digests the holders recorded when they first
+arrived. Fewer than k good cells in any stripe is a clear error naming the step, the group and
+the missing nodes; nothing partial is ever installed."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
@@ -67,67 +69,99 @@ def _data_length(
     return end - start
 
 
-def _fetch_cells(
+@dataclass
+class _Stripe:
+    """One stripe's rebuild: where the result goes and what is known of its cells."""
+
+    stripe: int
+    mine: int  # shard index of this node's cell
+    out: np.ndarray  # zeroed, cell-length: the rebuilt cell is accumulated here
+    candidates: list[tuple[int, int]]  # (shard index, owner) of surviving cells, in order
+    expected: dict[int, int | None]  # shard index -> digest it must match (None: the header's)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _stream_one(
     clients: PeerClients,
     cluster: ClusterState,
     job_id: str,
     step: int,
-    stripe: int,
-    candidates: list[tuple[int, int]],
-    cell_len: int,
-    digests_of: dict[int, dict[int, snapshot_pb2.ChunkDigest]],
+    s: _Stripe,
+    chosen: tuple[int, ...],
+    index: int,
+    owner: int,
+    codec: Codec,
+    timeout: float,
+) -> int:
+    """Fold survivor `index`'s cell into `s.out` as its pieces arrive; return its length.
+    Raises when the stream fails, overruns the cell, or does not match its checksum."""
+    client = clients.get(cluster.addresses[owner], cluster.secret)
+    hasher = xxhash.xxh3_64()
+    announced: int | None = None
+    at = 0
+    for msg in client.fetch_cell(job_id, step, s.stripe, timeout):
+        if msg.HasField("header"):
+            announced = msg.header.checksum
+            continue
+        piece = msg.data
+        if at + len(piece) > len(s.out):
+            raise ValueError(f"cell overruns the {len(s.out)} bytes expected")
+        hasher.update(piece)
+        with s.lock:
+            codec.partial_decode(chosen, [s.mine], index, piece, [s.out[at : at + len(piece)]])
+        at += len(piece)
+    want = s.expected.get(index)
+    if (want if want is not None else announced) != hasher.intdigest():
+        raise ValueError("the cell does not match its checksum")
+    return at
+
+
+def _rebuild_stripe(
+    clients: PeerClients,
+    cluster: ClusterState,
+    job_id: str,
+    step: int,
+    s: _Stripe,
+    codec: Codec,
     executor: Executor,
     timeout: float,
-) -> tuple[dict[int, np.ndarray], int]:
-    """k good cells of `stripe` (index -> zero-padded cell), fetched concurrently; a cell that
-    fails or does not match its checksum is an erasure, replaced by the next survivor's."""
+) -> tuple[bool, int]:
+    """Stream k surviving cells concurrently, each folded straight into the result (nothing is
+    buffered); a cell that fails or does not match its checksum is an erasure: the result is
+    cleared and the stripe is done again with the next survivor. Returns (rebuilt, bytes)."""
     k = cluster.group.k
-    waiting = list(candidates)
-    running: dict[Future[tuple[int, bytearray]], tuple[int, int]] = {}
-    cells: dict[int, np.ndarray] = {}
+    bad: set[int] = set()
     fetched = 0
-    while len(cells) < k and (waiting or running):
-        while waiting and len(cells) + len(running) < k:
-            index, owner = waiting.pop(0)
-            client = clients.get(cluster.addresses[owner], cluster.secret)
-            running[executor.submit(client.fetch_cell, job_id, step, stripe, timeout)] = (
-                index,
-                owner,
-            )
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for fut in done:
-            index, owner = running.pop(fut)
+    while True:
+        usable = [(i, o) for i, o in s.candidates if i not in bad]
+        if len(usable) < k:
+            return False, fetched
+        picked = usable[:k]
+        chosen = tuple(sorted(i for i, _ in picked))
+        futures = {
+            executor.submit(
+                _stream_one, clients, cluster, job_id, step, s, chosen, i, o, codec, timeout
+            ): (i, o)
+            for i, o in picked
+        }
+        failed = False
+        for fut, (index, owner) in futures.items():
             try:
-                checksum, data = fut.result()
+                fetched += fut.result()
             except Exception as exc:  # noqa: BLE001 - an erasure; try the next survivor
                 logger.warning(
-                    "job=%s step=%d: fetching stripe %d from node %d failed: %s",
+                    "job=%s step=%d: node %d's cell of stripe %d is lost to the rebuild: %s",
                     job_id,
                     step,
-                    stripe,
                     owner,
+                    s.stripe,
                     exc,
                 )
-                continue
-            fetched += len(data)
-            expected = digests_of[owner].get(stripe)
-            good = xxhash.xxh3_64_intdigest(data) == (
-                expected.checksum if index < k and expected is not None else checksum
-            )
-            if not good:
-                logger.error(
-                    "job=%s step=%d: node %d's cell of stripe %d is corrupt; treating it as lost",
-                    job_id,
-                    step,
-                    owner,
-                    stripe,
-                )
-                continue
-            cell = np.frombuffer(data, dtype=np.uint8)
-            if len(cell) < cell_len:  # a short last chunk: zero-padded like at encode time
-                cell = np.concatenate([cell, np.zeros(cell_len - len(cell), dtype=np.uint8)])
-            cells[index] = cell
-    return cells, fetched
+                bad.add(index)
+                failed = True
+        if not failed:
+            return True, fetched
+        s.out.fill(0)
 
 
 def rebuild_node(
@@ -181,43 +215,40 @@ def rebuild_node(
     def one_stripe(stripe: int) -> int:
         contributors = group.contributors(stripe)
         cell_len = max(_data_length(group, manifests, n, stripe) for n in contributors)
-        candidates = [
-            (i, group.cell_owner(stripe, i))
-            for i in range(group.size)
-            if group.cell_owner(stripe, i) in alive
-        ]
-        cells, got = _fetch_cells(
-            clients,
-            cluster,
-            job_id,
-            step,
-            stripe,
-            candidates,
-            cell_len,
-            digests_of,
-            executor,
-            timeout,
-        )
-        if len(cells) < group.k:
-            raise RebuildFailed(
-                f"cannot rebuild {where}: stripe {stripe} has {len(cells)} good "
-                f"cells of the {group.k} needed"
-            )
         mine_index = group.cell_index(stripe, me)
+        start = end = 0
+        if mine_index < group.k:
+            start, end = chunk_range(mine.blob_bytes, group.k, group.data_stripes(me).index(stripe))
+        whole = mine_index < group.k and end - start == cell_len
+        s = _Stripe(
+            stripe,
+            mine_index,
+            blob_np[start:end] if whole else np.zeros(cell_len, dtype=np.uint8),
+            [
+                (i, group.cell_owner(stripe, i))
+                for i in range(group.size)
+                if group.cell_owner(stripe, i) in alive
+            ],
+            {
+                i: (d.checksum if (d := digests_of[owner].get(stripe)) is not None else None)
+                if i < group.k
+                else None
+                for i, owner in ((i, group.cell_owner(stripe, i)) for i in range(group.size))
+            },
+        )
+        ok, got = _rebuild_stripe(clients, cluster, job_id, step, s, codec, executor, timeout)
+        if not ok:
+            raise RebuildFailed(
+                f"cannot rebuild {where}: stripe {stripe} has fewer than the {group.k} good "
+                "cells needed"
+            )
         if mine_index >= group.k:
-            out = np.empty(cell_len, dtype=np.uint8)
-            codec.decode(cells, [mine_index], [out])
             digests = {
                 n: digests_of[n][stripe].checksum for n in contributors if stripe in digests_of[n]
             }
-            parity[stripe] = (bytearray(out.data), digests)
+            parity[stripe] = (bytearray(s.out.data), digests)
             return got
-        i = group.data_stripes(me).index(stripe)
-        start, end = chunk_range(mine.blob_bytes, group.k, i)
-        whole = end - start == cell_len  # decode straight into the blob unless padded
-        out = blob_np[start:end] if whole else np.empty(cell_len, dtype=np.uint8)
-        codec.decode(cells, [mine_index], [out])
-        chunk = out[: end - start]
+        chunk = s.out[: end - start]
         expected = digests_of[me].get(stripe)
         if expected is not None and xxhash.xxh3_64_intdigest(chunk.data) != expected.checksum:
             raise RebuildFailed(
