@@ -289,14 +289,18 @@ class SnapshotService:
         newest = max(common) if common else None
         if newest is None or newest == job.committed:
             return []
-        job.committed, job.committed_at = newest, time.time()
-        started = job.started.get(newest)
-        job.started = {s: t for s, t in job.started.items() if s > newest}
+        return self._commit(job, newest)
+
+    def _commit(self, job: Job, step: int) -> list[tuple[Future[CommitState], CommitState]]:
+        """Record `step` as the job's committed step (lock held); return the satisfied waiters."""
+        job.committed, job.committed_at = step, time.time()
+        started = job.started.get(step)
+        job.started = {s: t for s, t in job.started.items() if s > step}
         if started is not None:
             self._events("snapshot_committed", job.job_id, time.monotonic() - started)
-        state_now = CommitState(True, newest)
-        done = [(f, state_now) for s, f in job.waiters if s <= newest]
-        job.waiters = [(s, f) for s, f in job.waiters if s > newest]
+        state_now = CommitState(True, step)
+        done = [(f, state_now) for s, f in job.waiters if s <= step]
+        job.waiters = [(s, f) for s, f in job.waiters if s > step]
         return done
 
     # -- hooks for replication across nodes -----------------------------------------------------
@@ -343,13 +347,7 @@ class SnapshotService:
             job = self._jobs.get(job_id)
             if job is None or (job.committed is not None and step <= job.committed):
                 return False
-            job.committed, job.committed_at = step, time.time()
-            started = job.started.get(step)
-            job.started = {s: t for s, t in job.started.items() if s > step}
-            done = [(f, CommitState(True, step)) for s, f in job.waiters if s <= step]
-            job.waiters = [(s, f) for s, f in job.waiters if s > step]
-        if started is not None:
-            self._events("snapshot_committed", job_id, time.monotonic() - started)
+            done = self._commit(job, step)
         _resolve(done)
         return True
 
