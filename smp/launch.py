@@ -30,6 +30,7 @@ from pathlib import Path
 from smp import defaults, report
 from smp._proto import control_pb2 as pb
 from smp.errors import ConfigError
+from smp.logs import tail
 
 # Launch option -> `smp serve` flag it is handed to when this launch starts the SMP.
 SERVE_OPTIONS = {
@@ -247,13 +248,6 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def ensure_smp(
     socket: str, serve_args: Sequence[str], log: Path, timeout_s: float
 ) -> tuple[pb.StatusResponse, bool]:
@@ -288,12 +282,12 @@ def ensure_smp(
             if not alive(pid):
                 raise LaunchError(
                     f"the SMP (pid {pid}) exited before serving {socket}; its log {log}:\n"
-                    f"{_tail(log)}"
+                    f"{tail(log)}"
                 )
             if time.monotonic() > deadline:
                 raise LaunchError(
                     f"the SMP (pid {pid}) did not answer on {socket} within {timeout_s:g}s; its "
-                    f"log {log}:\n{_tail(log)}"
+                    f"log {log}:\n{tail(log)}"
                 )
             time.sleep(0.1)
 

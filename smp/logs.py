@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -54,3 +55,11 @@ def configure(level: str, fmt: str) -> None:
     )
     for handler in root.handlers:
         handler.setFormatter(formatter)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ("" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

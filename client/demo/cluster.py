@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from smp.daemon import socket_is_served
+from smp.logs import tail
 
 
 def free_port() -> int:
@@ -80,10 +81,7 @@ class LocalSMP:
         return self
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        return tail(self.log, lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:
