@@ -197,28 +197,29 @@ def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             True,
             f"{other} mean blocked / {subject} mean blocked",
         )
-    mine_kill = _med(e, "kill", "recovery_s")
-    mine_load = _med(e, "kill", "load_s")
-    for other in ("torch_save", "dcp_save", "dcp_async"):
-        s = _get(data, other)
-        theirs = _med(s, "kill", "recovery_s")
-        value = None if mine_kill is None or theirs is None else theirs / mine_kill
-        load = _med(s, "kill", "load_s")
-        detail = f"{other} / {subject} relaunch-to-first-step"
-        if load and mine_load:
-            detail += f"; load only: {load / mine_load:.1f}x"
-        check(f"recovery after trainer kill >= 5x faster than {other}", value, 5.0, True, detail)
-    mine_node = _med(e, "node_loss", "recovery_s")
-    mine_node_load = _med(e, "node_loss", "load_s")
-    for other in ("torch_save", "dcp_save", "dcp_async"):
-        s = _get(data, other)
-        theirs = _med(s, "cold", "recovery_s")
-        value = None if mine_node is None or theirs is None else theirs / mine_node
-        load = _med(s, "cold", "load_s")
-        detail = f"{other} (page cache dropped) / {subject} after node loss"
-        if load and mine_node_load:
-            detail += f"; load only: {load / mine_node_load:.1f}x"
-        check(f"recovery after node loss >= 2x faster than {other}", value, 2.0, True, detail)
+    recoveries = (  # (our failure, theirs, goal, what the target says, what the ratio is)
+        ("kill", "kill", 5.0, "trainer kill", "{other} / {subject} relaunch-to-first-step"),
+        ("node_loss", "cold", 2.0, "node loss",
+         "{other} (page cache dropped) / {subject} after node loss"),
+    )  # fmt: skip
+    for ours, theirs_phase, goal, failure, ratio_of in recoveries:
+        mine = _med(e, ours, "recovery_s")
+        mine_load = _med(e, ours, "load_s")
+        for other in ("torch_save", "dcp_save", "dcp_async"):
+            s = _get(data, other)
+            theirs = _med(s, theirs_phase, "recovery_s")
+            value = None if mine is None or theirs is None else theirs / mine
+            load = _med(s, theirs_phase, "load_s")
+            detail = ratio_of.format(other=other, subject=subject)
+            if load and mine_load:
+                detail += f"; load only: {load / mine_load:.1f}x"
+            check(
+                f"recovery after {failure} >= {goal:g}x faster than {other}",
+                value,
+                goal,
+                True,
+                detail,
+            )
     return out
 
 
