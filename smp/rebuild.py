@@ -220,21 +220,19 @@ def rebuild_node(
         if mine_index < group.k:
             start, end = chunk_range(mine.blob_bytes, group.k, group.data_stripes(me).index(stripe))
         whole = mine_index < group.k and end - start == cell_len
+        candidates = [(i, group.cell_owner(stripe, i)) for i in range(group.size)]
+        candidates = [(i, owner) for i, owner in candidates if owner in alive]
+        # A data cell must match the digest its holders recorded; a parity cell, its header.
+        want: dict[int, int | None] = {}
+        for i, owner in candidates:
+            digest = digests_of[owner].get(stripe) if i < group.k else None
+            want[i] = digest.checksum if digest is not None else None
         s = _Stripe(
             stripe,
             mine_index,
             blob_np[start:end] if whole else np.zeros(cell_len, dtype=np.uint8),
-            [
-                (i, group.cell_owner(stripe, i))
-                for i in range(group.size)
-                if group.cell_owner(stripe, i) in alive
-            ],
-            {
-                i: (d.checksum if (d := digests_of[owner].get(stripe)) is not None else None)
-                if i < group.k
-                else None
-                for i, owner in ((i, group.cell_owner(stripe, i)) for i in range(group.size))
-            },
+            candidates,
+            want,
         )
         ok, got = _rebuild_stripe(clients, cluster, job_id, step, s, codec, executor, timeout)
         if not ok:
