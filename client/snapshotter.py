@@ -400,8 +400,7 @@ class Snapshotter:
     def restore(self, app_state: MutableMapping[str, Any]) -> int | None:
         """Load the newest step every rank can restore into `app_state`; None if there is none."""
         self._check_open()
-        if self._inflight is not None:
-            self._inflight._copied.wait()
+        self._finish_inflight()
         self._join()
         if self.layout.protected:
             self._rebuild_if_lost()
