@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 
 from ecsnap.arena import MappedArena
-from ecsnap.channel import Channel
+from ecsnap.control import ControlClient
 from ecsnap.demo.cluster import LocalSMP, free_port, short_tmpdir
 from smp._proto import snapshot_pb2
 
@@ -188,7 +188,7 @@ class Node:
         self.limit = limit
         self.metrics_port = 0
         self.smp: LocalSMP | None = None
-        self.channel: Channel | None = None
+        self.channel: ControlClient | None = None
         self.address = ""
 
     def start(self, generation: int = 0) -> None:
@@ -203,17 +203,9 @@ class Node:
         assert self.smp is not None
         if self.channel is not None:
             self.channel.close()
-        self.channel = Channel(self.smp.socket, job, 120.0)
-        reply = self.channel.call(
-            "register",
-            rank=self.index,
-            world_size=NODES,
-            local_rank=0,
-            local_world_size=1,
-            node_rank=self.index,
-            num_nodes=NODES,
-            pid=os.getpid(),
-            hostname="bench",
+        self.channel = ControlClient(self.smp.socket, job, 120.0)
+        reply = self.channel.register(
+            self.index, NODES, 0, 1, self.index, NODES, os.getpid(), "bench"
         )
         self.address = reply.grpc_address
 
@@ -237,16 +229,7 @@ def configure(nodes: list[Node], m: int) -> None:
     addresses = [n.address for n in nodes]
     for n in nodes:
         assert n.channel is not None
-        n.channel.call(
-            "configure",
-            node_rank=n.index,
-            num_nodes=NODES,
-            group_size=NODES,
-            parity=m,
-            placement="consecutive",
-            peer_addresses=addresses,
-            secret=secret,
-        )
+        n.channel.configure(n.index, NODES, NODES, m, "consecutive", addresses, secret)
 
 
 def save_everywhere(nodes: list[Node], step: int, size: int, fill: list[np.ndarray]) -> float:
@@ -254,7 +237,7 @@ def save_everywhere(nodes: list[Node], step: int, size: int, fill: list[np.ndarr
     grants = []
     for n in nodes:
         assert n.channel is not None
-        g = n.channel.call("begin_save", rank=n.index, step=step, nbytes=size)
+        g = n.channel.begin_save(n.index, step, size)
         arena = MappedArena(g.path, g.capacity)
         try:
             arena.tensor.numpy()[:size] = fill[n.index]
@@ -265,18 +248,10 @@ def save_everywhere(nodes: list[Node], step: int, size: int, fill: list[np.ndarr
     start = time.perf_counter()
     for n, g in zip(nodes, grants, strict=True):
         assert n.channel is not None
-        n.channel.call(
-            "commit_save",
-            rank=n.index,
-            step=step,
-            slot=g.slot,
-            generation=g.generation,
-            nbytes=size,
-            manifest=manifest,
-        )
+        n.channel.commit_save(n.index, step, g, size, manifest)
     for n in nodes:
         assert n.channel is not None
-        r = n.channel.call("wait_committed", timeout=130.0, step=step, timeout_ms=120_000)
+        r = n.channel.wait_committed(step, 120_000, timeout=130.0)
         if not r.committed:
             raise TimeoutError(f"step {step} did not commit on node {n.index} within 120 s")
     return time.perf_counter() - start
@@ -309,12 +284,12 @@ def run_setting(root: Path, m: int, size: int, repeats: int, limit: str) -> Figu
         configure(nodes, m)  # the job's relaunch introduces the fresh SMP
         assert lost.channel is not None
         started = time.perf_counter()
-        r = lost.channel.call("rebuild", timeout=600.0, timeout_ms=600_000)
+        r = lost.channel.rebuild(600.0)
         rebuild_s = time.perf_counter() - started
         if not r.rebuilt or r.step != repeats:
             raise RuntimeError(f"rebuild did not restore step {repeats}: {r}")
-        listed = lost.channel.call("list_steps", rank=lost.index)
-        if repeats not in listed.complete_steps:
+        listed = lost.channel.list_steps(lost.index)
+        if repeats not in listed.complete:
             raise RuntimeError("the rebuilt node does not serve the committed step")
         # The same bytes, spread like the rebuild fetches them: k concurrent streams.
         share = [r.bytes_fetched // k] * k

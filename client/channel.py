@@ -10,9 +10,9 @@ import itertools
 import os
 import threading
 import time
-from typing import Any
 
 import zmq
+from google.protobuf.message import Message
 
 from ecsnap.errors import (
     ChecksumError,
@@ -46,10 +46,11 @@ class Channel:
             self._sock = sock
         return self._sock
 
-    def call(self, kind: str, timeout: float | None = None, **fields: Any) -> Any:
-        """Send one request whose body is `kind` (a Request oneof field); return that reply body."""
+    def call(self, kind: str, body: Message, timeout: float | None = None) -> pb.Response:
+        """Send one request whose body field `kind` is `body`; return the reply (its body field
+        `kind` is set)."""
         request = pb.Request(request_id=next(self._ids), job_id=self.job_id)
-        getattr(request, kind).CopyFrom(getattr(pb, _message_name(kind))(**fields))
+        getattr(request, kind).CopyFrom(body)
         limit = self.timeout if timeout is None else timeout
         with self._lock:
             if not os.path.exists(self.socket_path):
@@ -77,7 +78,12 @@ class Channel:
             raise _ERRORS.get(code, SnapshotError)(
                 f"SMP at {self.socket_path}: {response.error.message}", pb.ErrorCode.Name(code)
             )
-        return getattr(response, kind)
+        if response.WhichOneof("body") != kind:
+            raise SnapshotError(
+                f"SMP at {self.socket_path} answered {kind} with "
+                f"{response.WhichOneof('body')}: is it the same ecsnap version?"
+            )
+        return response
 
     def _reset(self) -> None:
         # A fresh socket drops queued requests and replies of a dead or restarted SMP.
@@ -88,7 +94,3 @@ class Channel:
     def close(self) -> None:
         with self._lock:
             self._reset()
-
-
-def _message_name(kind: str) -> str:
-    return "".join(part.capitalize() for part in kind.split("_")) + "Request"

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 80 << 20
 MAX_WAIT_MS = 10 * 60 * 1000
+MAX_PIN_S = 24 * 3600
 _POLL_MS = 200
 Reply = tuple[bytes, pb.Response]
 Status = Callable[[], pb.StatusResponse]
@@ -327,7 +328,7 @@ class ControlServer:
 
     def _on_save_ready(self, req: pb.Request, resp: pb.Response) -> None:
         ready, pending = self._replication.save_ready(req.job_id)
-        resp.save_ready.ready = ready
+        resp.save_ready.ready = ready and self._service.slots_free(req.job_id)
         if pending is not None:
             resp.save_ready.has_pending, resp.save_ready.pending_step = True, pending
 
@@ -344,6 +345,12 @@ class ControlServer:
                 r.rebuild.has_step, r.rebuild.step = True, result.step
 
         return fut, fill
+
+    def _on_pin(self, req: pb.Request, resp: pb.Response) -> None:
+        p = req.pin
+        lease = min(p.lease_s or MAX_PIN_S, MAX_PIN_S)
+        self._service.pin(req.job_id, p.rank, p.step, p.pinned, lease)
+        resp.pin.SetInParent()
 
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
         resp.status.CopyFrom(self._status())

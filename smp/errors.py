@@ -46,6 +46,12 @@ class Conflict(SmpError):
     code = control_pb2.CONFLICT
 
 
+class Busy(SmpError):
+    """No slot may take a new step: each holds one that must be kept (committed or pinned)."""
+
+    code = control_pb2.BUSY
+
+
 class Aborted(SmpError):
     code = control_pb2.ABORTED
 

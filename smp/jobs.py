@@ -38,6 +38,10 @@ class Slot:
     manifest: bytes = b""
     checksums: checksum.Checksums | None = None
     completed_at: float = 0.0
+    pinned_until: float = 0.0  # monotonic: an export reads this snapshot; not to be reused
+
+    def pinned(self, now: float) -> bool:
+        return self.state is SlotState.COMPLETE and self.pinned_until > now
 
 
 @dataclass

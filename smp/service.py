@@ -26,6 +26,7 @@ from smp.config import format_size
 from smp.errors import (
     Aborted,
     BadRequest,
+    Busy,
     ChecksumMismatch,
     Conflict,
     NotFound,
@@ -103,6 +104,9 @@ class SnapshotService:
             job.local_world_size = info.local_world_size
             job.num_nodes = info.num_nodes
             state = job.ranks.setdefault(info.rank, RankState(info.rank))
+            if state.pid != info.pid:  # a new process for the rank: its pins died with the old
+                for slot in state.slots:
+                    slot.pinned_until = 0.0
             state.local_rank, state.pid = info.local_rank, info.pid
             resolved = self._update_commit(job)
         _resolve(resolved)
@@ -160,14 +164,46 @@ class SnapshotService:
                 self.replication.on_begin(job_id, step)
             return SlotGrant(slot.index, slot.generation, str(arena.path), arena.capacity)
 
-    def _target_slot(self, job: Job, state: RankState) -> Slot:
+    @staticmethod
+    def _free_slots(job: Job, state: RankState) -> list[Slot]:
+        """Slots a new save may take: not the one to keep, not a pinned one."""
         complete = [s for s in state.slots if s.state is SlotState.COMPLETE]
         keep = next((s for s in complete if s.step == job.committed), None)
         if keep is None and complete:
             keep = max(complete, key=lambda s: s.step)
-        others = [s for s in state.slots if s is not keep]
+        now = time.monotonic()
+        return [s for s in state.slots if s is not keep and not s.pinned(now)]
+
+    def _target_slot(self, job: Job, state: RankState) -> Slot:
+        free = self._free_slots(job, state)
+        if not free:
+            raise Busy(
+                f"rank {state.rank} of job {job.job_id!r} has no free slot: one holds the step "
+                "to keep, the other a step an export is reading (pinned); saves are skipped "
+                "until the export finished"
+            )
         # Prefer an empty slot, then the oldest step: a stale in-progress save is taken over.
-        return min(others, key=lambda s: (s.state is not SlotState.EMPTY, s.step))
+        return min(free, key=lambda s: (s.state is not SlotState.EMPTY, s.step))
+
+    def slots_free(self, job_id: str) -> bool:
+        """Every local rank of the job has a slot a new save may take."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is None or all(self._free_slots(job, r) for r in job.ranks.values())
+
+    def pin(self, job_id: str, rank: int, step: int, pinned: bool, lease_s: float) -> None:
+        """Keep the slot holding `step` from being reused (an export reads it), or release it."""
+        with self._lock:
+            _, state = self._rank(job_id, rank)
+            slot = next(
+                (x for x in state.slots if x.state is SlotState.COMPLETE and x.step == step),
+                None,
+            )
+            if slot is None:
+                if not pinned:
+                    return  # nothing to release: the step is gone already
+                raise NotFound(f"rank {rank} of job {job_id!r} holds no complete step {step}")
+            slot.pinned_until = time.monotonic() + lease_s if pinned else 0.0
 
     def commit_save(
         self,

@@ -368,15 +368,15 @@ class Ecsnap(Checkpointer):
         self._charge_fence()
 
     def _watch(self) -> None:
-        from ecsnap.channel import Channel
+        from ecsnap.control import ControlClient
 
-        chan = Channel(self.snap.socket, self.snap.job_id, 130.0)
+        chan = ControlClient(self.snap.socket, self.snap.job_id, 130.0)
         try:
             while (item := self.watch.get()) is not None:
                 rec, h = item
                 deadline = time.monotonic() + 120.0
                 while time.monotonic() < deadline:
-                    resp = chan.call("wait_committed", step=rec.step, timeout_ms=10_000)
+                    resp = chan.wait_committed(rec.step, 10_000, timeout=130.0)
                     if resp.committed:
                         rec.safe_s = time.perf_counter() - rec.started
                         break

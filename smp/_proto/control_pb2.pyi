@@ -20,6 +20,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ABORTED: _ClassVar[ErrorCode]
     NOT_REGISTERED: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
+    BUSY: _ClassVar[ErrorCode]
 
 class SlotState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ TIMEOUT: ErrorCode
 ABORTED: ErrorCode
 NOT_REGISTERED: ErrorCode
 INTERNAL: ErrorCode
+BUSY: ErrorCode
 SLOT_STATE_UNSPECIFIED: SlotState
 EMPTY: SlotState
 WRITING: SlotState
@@ -201,6 +203,22 @@ class OpenSnapshotResponse(_message.Message):
     verify_seconds: float
     def __init__(self, slot: _Optional[int] = ..., path: _Optional[str] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ..., verify_seconds: _Optional[float] = ...) -> None: ...
 
+class PinRequest(_message.Message):
+    __slots__ = ("rank", "step", "pinned", "lease_s")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    step: int
+    pinned: bool
+    lease_s: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., pinned: _Optional[bool] = ..., lease_s: _Optional[int] = ...) -> None: ...
+
+class PinResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WaitCommittedRequest(_message.Message):
     __slots__ = ("step", "timeout_ms")
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -356,7 +374,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild")
+    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +388,7 @@ class Request(_message.Message):
     CONFIGURE_FIELD_NUMBER: _ClassVar[int]
     SAVE_READY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     register: RegisterRequest
@@ -383,10 +402,11 @@ class Request(_message.Message):
     configure: ConfigureRequest
     save_ready: SaveReadyRequest
     rebuild: RebuildRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ...) -> None: ...
+    pin: PinRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +420,7 @@ class Response(_message.Message):
     CONFIGURE_FIELD_NUMBER: _ClassVar[int]
     SAVE_READY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -413,4 +434,5 @@ class Response(_message.Message):
     configure: ConfigureResponse
     save_ready: SaveReadyResponse
     rebuild: RebuildResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ...) -> None: ...
+    pin: PinResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ...) -> None: ...

@@ -24,23 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19smp/_proto/snapshot.proto\x12\tecsnap.v1\"[\n\x0bTensorEntry\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"m\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.ecsnap.v1.TensorEntry\x12\x10\n\x08skeleton\x18\x03 \x01(\x0c\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\"B\n\tChecksums\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x04\x12\x0e\n\x06values\x18\x03 \x03(\x06\"\xa9\x01\n\nSlotRecord\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x10\n\x08manifest\x18\x06 \x01(\x0c\x12\'\n\tchecksums\x18\x07 \x01(\x0b\x32\x14.ecsnap.v1.Checksums\x12\x16\n\x0e\x63ompleted_unix\x18\x08 \x01(\x01\"?\n\x0b\x43hunkDigest\x12\x0e\n\x06stripe\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x06\"\x8c\x01\n\x0cNodeManifest\x12\x0c\n\x04node\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nblob_bytes\x18\x03 \x01(\x04\x12$\n\x05slots\x18\x04 \x03(\x0b\x32\x15.ecsnap.v1.SlotRecord\x12&\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x16.ecsnap.v1.ChunkDigestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19smp/_proto/snapshot.proto\x12\tecsnap.v1\"\xdb\x01\n\x0bTensorEntry\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0c\n\x04span\x18\x06 \x01(\r\x12\x0e\n\x06stride\x18\x07 \x03(\x03\x12\x13\n\x0bspan_offset\x18\x08 \x01(\x04\x12\x15\n\rrequires_grad\x18\t \x01(\x08\x12\x11\n\tparameter\x18\n \x01(\x08\x12\'\n\x07\x64tensor\x18\x0b \x01(\x0b\x32\x16.ecsnap.v1.DTensorMeta\x12\x0c\n\x04path\x18\x0c \x01(\tJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"6\n\x04Span\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06nbytes\x18\x02 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"\xc2\x01\n\tPlacement\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.ecsnap.v1.Placement.Kind\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x11\n\treduce_op\x18\x03 \x01(\t\x12\x14\n\x0csplit_factor\x18\x04 \x01(\x03\"V\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05SHARD\x10\x01\x12\r\n\tREPLICATE\x10\x02\x12\x0b\n\x07PARTIAL\x10\x03\x12\x11\n\rSTRIDED_SHARD\x10\x04\"\xde\x01\n\x0b\x44TensorMeta\x12\x14\n\x0cglobal_shape\x18\x01 \x03(\x03\x12\x15\n\rglobal_stride\x18\x02 \x03(\x03\x12\x13\n\x0b\x64\x65vice_type\x18\x03 \x01(\t\x12\x12\n\nmesh_shape\x18\x04 \x03(\x03\x12\x12\n\nmesh_ranks\x18\x05 \x03(\x03\x12\x16\n\x0emesh_dim_names\x18\x06 \x03(\t\x12\x12\n\ncoordinate\x18\x07 \x03(\x03\x12(\n\nplacements\x18\x08 \x03(\x0b\x32\x14.ecsnap.v1.Placement\x12\x0f\n\x07offsets\x18\t \x03(\x03\"&\n\nModuleInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x64p\x18\x02 \x01(\x08\"0\n\rOptimizerInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nparam_fqns\x18\x02 \x03(\t\"\x85\x02\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.ecsnap.v1.TensorEntry\x12\x10\n\x08skeleton\x18\x03 \x01(\x0c\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\x12\x1e\n\x05spans\x18\x05 \x03(\x0b\x32\x0f.ecsnap.v1.Span\x12&\n\x07modules\x18\x06 \x03(\x0b\x32\x15.ecsnap.v1.ModuleInfo\x12,\n\noptimizers\x18\x07 \x03(\x0b\x32\x18.ecsnap.v1.OptimizerInfo\x12\x0c\n\x04rank\x18\x08 \x01(\r\x12\x12\n\nworld_size\x18\t \x01(\r\"B\n\tChecksums\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x04\x12\x0e\n\x06values\x18\x03 \x03(\x06\"\xa9\x01\n\nSlotRecord\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x10\n\x08manifest\x18\x06 \x01(\x0c\x12\'\n\tchecksums\x18\x07 \x01(\x0b\x32\x14.ecsnap.v1.Checksums\x12\x16\n\x0e\x63ompleted_unix\x18\x08 \x01(\x01\"?\n\x0b\x43hunkDigest\x12\x0e\n\x06stripe\x18\x01 \x01(\r\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x06\"\x8c\x01\n\x0cNodeManifest\x12\x0c\n\x04node\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nblob_bytes\x18\x03 \x01(\x04\x12$\n\x05slots\x18\x04 \x03(\x0b\x32\x15.ecsnap.v1.SlotRecord\x12&\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x16.ecsnap.v1.ChunkDigestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smp._proto.snapshot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENSORENTRY']._serialized_start=40
-  _globals['_TENSORENTRY']._serialized_end=131
-  _globals['_MANIFEST']._serialized_start=133
-  _globals['_MANIFEST']._serialized_end=242
-  _globals['_CHECKSUMS']._serialized_start=244
-  _globals['_CHECKSUMS']._serialized_end=310
-  _globals['_SLOTRECORD']._serialized_start=313
-  _globals['_SLOTRECORD']._serialized_end=482
-  _globals['_CHUNKDIGEST']._serialized_start=484
-  _globals['_CHUNKDIGEST']._serialized_end=547
-  _globals['_NODEMANIFEST']._serialized_start=550
-  _globals['_NODEMANIFEST']._serialized_end=690
+  _globals['_TENSORENTRY']._serialized_start=41
+  _globals['_TENSORENTRY']._serialized_end=260
+  _globals['_SPAN']._serialized_start=262
+  _globals['_SPAN']._serialized_end=316
+  _globals['_PLACEMENT']._serialized_start=319
+  _globals['_PLACEMENT']._serialized_end=513
+  _globals['_PLACEMENT_KIND']._serialized_start=427
+  _globals['_PLACEMENT_KIND']._serialized_end=513
+  _globals['_DTENSORMETA']._serialized_start=516
+  _globals['_DTENSORMETA']._serialized_end=738
+  _globals['_MODULEINFO']._serialized_start=740
+  _globals['_MODULEINFO']._serialized_end=778
+  _globals['_OPTIMIZERINFO']._serialized_start=780
+  _globals['_OPTIMIZERINFO']._serialized_end=828
+  _globals['_MANIFEST']._serialized_start=831
+  _globals['_MANIFEST']._serialized_end=1092
+  _globals['_CHECKSUMS']._serialized_start=1094
+  _globals['_CHECKSUMS']._serialized_end=1160
+  _globals['_SLOTRECORD']._serialized_start=1163
+  _globals['_SLOTRECORD']._serialized_end=1332
+  _globals['_CHUNKDIGEST']._serialized_start=1334
+  _globals['_CHUNKDIGEST']._serialized_end=1397
+  _globals['_NODEMANIFEST']._serialized_start=1400
+  _globals['_NODEMANIFEST']._serialized_end=1540
 # @@protoc_insertion_point(module_scope)

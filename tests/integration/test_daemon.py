@@ -181,7 +181,7 @@ def test_background_errors_reach_the_next_call(smp_node: LocalSMP) -> None:
     with ecsnap.Snapshotter(job_id="err", socket=smp_node.socket) as snap:
         snap.save(1, {"x": torch.ones(10)}).wait_protected(timeout=30)
         smp_node.stop()  # the commit of the next save cannot reach the SMP
-        snap.timeout = 2.0
-        snap._worker_channel.timeout = 2.0
+        snap._session.client._channel.timeout = 2.0
+        snap._session.worker._channel.timeout = 2.0
         with pytest.raises(ecsnap.SMPUnavailableError):
             snap.save(2, {"x": torch.ones(10)})

@@ -59,9 +59,9 @@ def run(nodes: list[Node], m: int) -> tuple[list[np.ndarray], Node]:
 def test_a_corrupt_survivor_is_routed_around_when_parity_allows(nodes: list[Node]) -> None:
     fill, lost = run(nodes, 2)
     assert lost.channel is not None
-    r = lost.channel.call("rebuild", timeout=120.0, timeout_ms=120_000)
+    r = lost.channel.rebuild(120.0)
     assert r.rebuilt and r.step == STEP
-    grant = lost.channel.call("open_snapshot", rank=1, step=STEP, skip_verify=False)
+    grant = lost.channel.open_snapshot(1, STEP, verify=True)
     arena = MappedArena(grant.path, Path(grant.path).stat().st_size)
     try:
         assert np.array_equal(arena.tensor.numpy()[:SIZE], fill[1])
@@ -73,5 +73,5 @@ def test_too_much_damage_is_a_clear_error_and_nothing_is_installed(nodes: list[N
     _, lost = run(nodes, 1)
     assert lost.channel is not None
     with pytest.raises(SnapshotError, match=rf"cannot rebuild step {STEP} of job 'corrupt-m1'"):
-        lost.channel.call("rebuild", timeout=120.0, timeout_ms=120_000)
-    assert list(lost.channel.call("list_steps", rank=1).complete_steps) == []
+        lost.channel.rebuild(120.0)
+    assert lost.channel.list_steps(1).complete == []

@@ -8,19 +8,29 @@ from typing import Any
 import pytest
 import torch
 
-from ecsnap.flatten import arena_views, flatten, unflatten
-from ecsnap.loader import load_into, merge
+from ecsnap.errors import RestoreError
+from ecsnap.flatten import FlatState, flatten
+from ecsnap.loader import load_into
+from ecsnap.saved import saved_tensors, unflatten
 from smp.defaults import TENSOR_ALIGN
 
 Pair = namedtuple("Pair", "a b")
 
 
-def roundtrip(state: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    flat = flatten(state)
+def into_arena(flat: FlatState) -> torch.Tensor:
     arena = torch.zeros(max(flat.nbytes, 1), dtype=torch.uint8)
-    for dst, src in zip(arena_views(flat.manifest, arena), flat.tensors, strict=True):
-        dst.copy_(src)
-    return unflatten(flat.manifest, arena_views(flat.manifest, arena))
+    for span in flat.spans:
+        arena[span.offset : span.offset + span.source.numel()].copy_(span.source)
+    return arena
+
+
+def roundtrip(state: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Saved and read back; every tensor resolved as a fresh restore (empty live state) would."""
+    flat = flatten(state)
+    tree = unflatten(flat.manifest, saved_tensors(flat.manifest, into_arena(flat)))
+    fresh: dict[str, Any] = {}
+    load_into(fresh, {k: ("plain", v) for k, (_, v) in tree.items()})
+    return {k: (kind, fresh[k]) for k, (kind, _) in tree.items()}
 
 
 DTYPES = [
@@ -73,19 +83,25 @@ def test_shapes_views_and_containers() -> None:
     assert tree["number"] == ("plain", 12)
 
 
-def test_offsets_are_aligned_and_disjoint() -> None:
+def test_spans_are_aligned_and_disjoint() -> None:
     flat = flatten({"x": [torch.ones(3, dtype=torch.int8), torch.ones(5), torch.ones(1)]})
-    offsets = [e.offset for e in flat.manifest.tensors]
-    assert all(o % TENSOR_ALIGN == 0 for o in offsets)
-    ends = [e.offset + e.nbytes for e in flat.manifest.tensors]
+    offsets = [s.offset for s in flat.manifest.spans]
+    assert len(offsets) == 3 and all(o % TENSOR_ALIGN == 0 for o in offsets)
+    ends = [s.offset + s.nbytes for s in flat.manifest.spans]
     assert all(end <= nxt for end, nxt in zip(ends, offsets[1:], strict=False))
     assert flat.nbytes >= ends[-1]
+
+
+def read_back(state: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The saved tree with tensors as `Saved` views of an arena (for load_into)."""
+    flat = flatten(state)
+    return unflatten(flat.manifest, saved_tensors(flat.manifest, into_arena(flat)))
 
 
 def test_stateful_values_go_through_state_dict() -> None:
     model = torch.nn.Linear(4, 3)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    tree = roundtrip({"model": model})
+    tree = read_back({"model": model})
     kind, _ = tree["model"]
     assert kind == "stateful"
     with torch.no_grad():
@@ -96,12 +112,13 @@ def test_stateful_values_go_through_state_dict() -> None:
     assert torch.equal(model.weight, saved["weight"])
 
 
-def test_merge_in_place_and_fresh_copies() -> None:
-    live = torch.zeros(3)
-    loaded = torch.arange(3.0)
-    assert merge(live, loaded) is live and torch.equal(live, loaded)
-    fresh = merge(torch.zeros(4), loaded)  # shape differs: a new tensor, not the arena view
-    assert torch.equal(fresh, loaded) and fresh.data_ptr() != loaded.data_ptr()
+def test_in_place_and_fresh_copies() -> None:
+    live = {"same": torch.zeros(3), "other": torch.zeros(4)}
+    same = live["same"]
+    load_into(live, read_back({"same": torch.arange(3.0), "other": torch.arange(3.0)}))
+    assert live["same"] is same and torch.equal(same, torch.arange(3.0))
+    # Shape differs: a new tensor, and never a view of the arena.
+    assert torch.equal(live["other"], torch.arange(3.0)) and live["other"] is not same
 
 
 def test_unsupported_values_are_clear_errors() -> None:
@@ -114,6 +131,6 @@ def test_unsupported_values_are_clear_errors() -> None:
 
 
 def test_restore_into_app_state_missing_stateful_key() -> None:
-    tree = roundtrip({"model": torch.nn.Linear(2, 2)})
-    with pytest.raises(KeyError, match="model"):
+    tree = read_back({"model": torch.nn.Linear(2, 2)})
+    with pytest.raises(RestoreError, match="model"):
         load_into({}, tree)

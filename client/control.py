@@ -1,0 +1,211 @@
+"""Typed client of the SMP's control socket: one method per request, plain dataclasses back.
+
+No protobuf type crosses this module's boundary. The transport (one zmq DEALER, timeouts, request
+ids, error codes -> exceptions) is `channel.Channel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from ecsnap.channel import Channel
+from ecsnap.errors import SnapshotError
+from smp._proto import control_pb2 as pb
+
+
+@dataclass(frozen=True)
+class SMPInfo:
+    version: str
+    grpc_address: str
+    store_dir: str
+    codec_engine: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A slot to write a step into: map `path` (`capacity` bytes) and echo slot and generation."""
+
+    slot: int
+    generation: int
+    path: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class Steps:
+    complete: list[int]  # newest first
+    committed: int | None
+
+
+@dataclass(frozen=True)
+class Opened:
+    slot: int
+    path: str
+    nbytes: int
+    manifest: bytes
+    verify_seconds: float
+
+
+@dataclass(frozen=True)
+class Committed:
+    committed: bool
+    step: int | None  # the job's newest committed step
+
+
+@dataclass(frozen=True)
+class RebuildInfo:
+    """What `restore()` found on this node's SMP: whether it rebuilt the job's committed step
+    from its group's peers (a replacement node), which step, how long and how many bytes."""
+
+    rebuilt: bool
+    step: int | None
+    seconds: float = 0.0
+    bytes_fetched: int = 0
+
+
+class ControlClient:
+    """`reregister`: called when the SMP answers NOT_REGISTERED (it restarted and forgot this
+    rank); the request is then sent once more."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        job_id: str,
+        timeout: float,
+        reregister: Callable[[], None] | None = None,
+    ) -> None:
+        self._channel = Channel(socket_path, job_id, timeout)
+        self._reregister = reregister
+        self.socket_path = socket_path
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, kind: str, body: Message, timeout: float | None = None) -> pb.Response:
+        try:
+            return self._channel.call(kind, body, timeout)
+        except SnapshotError as exc:
+            if exc.code != "NOT_REGISTERED" or self._reregister is None:
+                raise
+        self._reregister()
+        return self._channel.call(kind, body, timeout)
+
+    def register(
+        self,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        local_world_size: int,
+        node_rank: int,
+        num_nodes: int,
+        pid: int,
+        hostname: str,
+    ) -> SMPInfo:
+        r = self._channel.call(
+            "register",
+            pb.RegisterRequest(
+                rank=rank,
+                world_size=world_size,
+                local_rank=local_rank,
+                local_world_size=local_world_size,
+                node_rank=node_rank,
+                num_nodes=num_nodes,
+                pid=pid,
+                hostname=hostname,
+            ),
+        ).register
+        return SMPInfo(r.smp_version, r.grpc_address, r.store_dir, r.codec_engine, r.smp_pid)
+
+    def configure(
+        self,
+        node_rank: int,
+        num_nodes: int,
+        group_size: int,
+        parity: int,
+        placement: str,
+        peer_addresses: Sequence[str],
+        secret: bytes,
+    ) -> str:
+        request = pb.ConfigureRequest(
+            node_rank=node_rank,
+            num_nodes=num_nodes,
+            group_size=group_size,
+            parity=parity,
+            placement=placement,
+            peer_addresses=list(peer_addresses),
+            secret=secret,
+        )
+        return str(self._call("configure", request).configure.layout)
+
+    def begin_save(self, rank: int, step: int, nbytes: int) -> Grant:
+        g = self._call(
+            "begin_save", pb.BeginSaveRequest(rank=rank, step=step, nbytes=nbytes)
+        ).begin_save
+        return Grant(g.slot, g.generation, g.path, g.capacity)
+
+    def commit_save(self, rank: int, step: int, grant: Grant, nbytes: int, manifest: bytes) -> None:
+        self._call(
+            "commit_save",
+            pb.CommitSaveRequest(
+                rank=rank,
+                step=step,
+                slot=grant.slot,
+                generation=grant.generation,
+                nbytes=nbytes,
+                manifest=manifest,
+            ),
+        )
+
+    def abort_save(
+        self, rank: int, step: int, grant: Grant, reason: str, timeout: float | None = None
+    ) -> None:
+        self._call(
+            "abort_save",
+            pb.AbortSaveRequest(
+                rank=rank,
+                step=step,
+                slot=grant.slot,
+                generation=grant.generation,
+                reason=reason,
+            ),
+            timeout=timeout,
+        )
+
+    def save_ready(self) -> bool:
+        return bool(self._call("save_ready", pb.SaveReadyRequest()).save_ready.ready)
+
+    def wait_committed(self, step: int, timeout_ms: int, timeout: float) -> Committed:
+        r = self._call(
+            "wait_committed",
+            pb.WaitCommittedRequest(step=step, timeout_ms=timeout_ms),
+            timeout=timeout,
+        ).wait_committed
+        return Committed(r.committed, r.committed_step if r.has_committed else None)
+
+    def list_steps(self, rank: int) -> Steps:
+        r = self._call("list_steps", pb.ListStepsRequest(rank=rank)).list_steps
+        return Steps(list(r.complete_steps), r.committed_step if r.has_committed else None)
+
+    def open_snapshot(self, rank: int, step: int, verify: bool = True) -> Opened:
+        r = self._call(
+            "open_snapshot",
+            pb.OpenSnapshotRequest(rank=rank, step=step, skip_verify=not verify),
+        ).open_snapshot
+        return Opened(r.slot, r.path, r.nbytes, r.manifest, r.verify_seconds)
+
+    def pin(self, rank: int, step: int, pinned: bool, lease_s: int = 3600) -> None:
+        """Keep (or release) the slot holding `step` from being reused by later saves, for at
+        most `lease_s` seconds (or until the rank registers again)."""
+        self._call("pin", pb.PinRequest(rank=rank, step=step, pinned=pinned, lease_s=lease_s))
+
+    def rebuild(self, timeout: float) -> RebuildInfo:
+        r = self._call(
+            "rebuild",
+            pb.RebuildRequest(timeout_ms=int(timeout * 1000)),
+            timeout=timeout + 5.0,
+        ).rebuild
+        return RebuildInfo(r.rebuilt, r.step if r.has_step else None, r.seconds, r.bytes_fetched)
