@@ -32,6 +32,10 @@ from ecsnap.handle import SaveHandle
 logger = logging.getLogger(__name__)
 
 
+def _target(arena: MappedArena, span: SpanCopy) -> torch.Tensor:
+    return arena.tensor[span.offset : span.offset + span.nbytes]
+
+
 class TornSnapshot(SnapshotError):
     """A tensor changed in place while its copy was in flight; the step was not committed."""
 
@@ -80,47 +84,46 @@ class Copier:
 
     def start(self, handle: SaveHandle, flat: FlatState, arena: MappedArena, grant: Grant) -> None:
         """In the caller's thread: copy what is unfenced, then launch the rest."""
-        targets = [arena.tensor[s.offset : s.offset + s.source.numel()] for s in flat.spans]
         current = _InFlight(handle, flat)
-        if any(s.source.is_cuda for s in flat.spans):
+        cuda = [s for s in flat.spans if s.is_cuda]
+        if cuda:
             arena.register_with_cuda()
-            self._launch_cuda(handle, flat.spans, targets)
+            self._launch_cuda(handle, cuda, arena)
         with torch.no_grad():
-            for dst, span in zip(targets, flat.spans, strict=True):
-                if not span.background and not span.source.is_cuda:
-                    dst.copy_(span.source)
+            for span in flat.spans:
+                if not span.background and not span.is_cuda:
+                    _target(arena, span).copy_(span.source())
         self._current, self.inflight = current, handle
-        self._executor.submit(self._finish, current, targets, grant)
+        self._executor.submit(self._finish, current, arena, grant)
 
-    def _launch_cuda(self, handle: SaveHandle, spans: list[SpanCopy], targets: list[Any]) -> None:
+    def _launch_cuda(self, handle: SaveHandle, spans: list[SpanCopy], arena: MappedArena) -> None:
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream()
         stream, compute = self._side_stream, torch.cuda.current_stream()
         ready = torch.cuda.Event()
         ready.record(compute)  # the values the caller computed so far
-        pairs = [(d, s) for d, s in zip(targets, spans, strict=True) if s.source.is_cuda]
         with torch.cuda.stream(stream):
             stream.wait_event(ready)
-            for dst, span in pairs:
+            for span in spans:
                 if not span.background:
-                    dst.copy_(span.source, non_blocking=True)
+                    _target(arena, span).copy_(span.source(), non_blocking=True)
             unfenced = torch.cuda.Event()
             unfenced.record(stream)
-            for dst, span in pairs:
+            for span in spans:
                 if span.background:
-                    dst.copy_(span.source, non_blocking=True)
+                    _target(arena, span).copy_(span.source(), non_blocking=True)
             done = torch.cuda.Event()
             done.record(stream)
         compute.wait_event(unfenced)  # no later kernel changes an unfenced tensor mid-copy
         handle._gpu_event = done
 
-    def _finish(self, current: _InFlight, targets: list[torch.Tensor], grant: Grant) -> None:
+    def _finish(self, current: _InFlight, arena: MappedArena, grant: Grant) -> None:
         handle, flat = current.handle, current.flat
         try:
             with torch.no_grad():
-                for dst, span in zip(targets, flat.spans, strict=True):
-                    if span.background and not span.source.is_cuda:
-                        dst.copy_(span.source)
+                for span in flat.spans:
+                    if span.background and not span.is_cuda:
+                        _target(arena, span).copy_(span.source())
             current.verify(cuda=False)  # before the fences let CPU tensors change
             handle._cpu_done.set()
             if handle._gpu_event is not None:

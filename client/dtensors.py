@@ -64,7 +64,8 @@ def placement_of(msg: snapshot_pb2.Placement) -> Placement:
 
 
 @functools.lru_cache(maxsize=4096)
-def _meta_for_spec(spec: Any) -> snapshot_pb2.DTensorMeta:
+def meta_of_spec(spec: Any) -> snapshot_pb2.DTensorMeta:
+    """The placing metadata of a DTensor spec (cached: specs are immutable; do not modify)."""
     mesh: DeviceMesh = spec.mesh
     shape = tuple(spec.shape)
     placements = tuple(spec.placements)
@@ -86,7 +87,7 @@ def _meta_for_spec(spec: Any) -> snapshot_pb2.DTensorMeta:
 def describe(t: DTensor) -> snapshot_pb2.DTensorMeta:
     """The placing metadata of `t` (cached per spec; the caller must not modify it).
     Raises TypeError for a placement that cannot be saved."""
-    return _meta_for_spec(t._spec)
+    return meta_of_spec(t._spec)
 
 
 def same_layout(meta: snapshot_pb2.DTensorMeta, live: DTensor) -> bool:

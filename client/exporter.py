@@ -40,23 +40,28 @@ class ExportError(SnapshotError):
     """An export to DCP could not be written."""
 
 
-def _resolve(value: Any, meshes: dict[tuple[Any, ...], Any]) -> Any:
+def _resolve(value: Any, meshes: dict[tuple[Any, ...], Any], path: str) -> Any:
     """The saved tree with every `Saved` as a tensor over the arena (DTensors rebuilt)."""
     if isinstance(value, Saved):
         if not value.is_dtensor:
             return value.view
         meta = value.entry.dtensor
+        if any(p.kind == snapshot_pb2.Placement.PARTIAL for p in meta.placements):
+            raise ExportError(
+                f"{path} is a Partial DTensor (pending reduction): DCP cannot write it; "
+                "redistribute it to Shard or Replicate placements before saving"
+            )
         key = (tuple(meta.mesh_shape), tuple(meta.mesh_ranks), tuple(meta.mesh_dim_names))
         mesh = meshes.get(key)
         if mesh is None:
             mesh = meshes[key] = dtensors.offline_mesh(meta)
         return dtensors.rebuild(value.view, meta, mesh)
     if isinstance(value, dict):
-        return {k: _resolve(v, meshes) for k, v in value.items()}
+        return {k: _resolve(v, meshes, f"{path}/{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, meshes) for v in value]
+        return [_resolve(v, meshes, f"{path}/{i}") for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        items = [_resolve(v, meshes) for v in value]
+        items = [_resolve(v, meshes, f"{path}/{i}") for i, v in enumerate(value)]
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
@@ -84,7 +89,7 @@ def dcp_state_dict(snapshot: MappedSnapshot) -> dict[str, Any]:
     meshes: dict[tuple[Any, ...], Any] = {}
     out: dict[str, Any] = {}
     for key, (_kind, value) in snapshot.tree().items():
-        value = _resolve(value, meshes)
+        value = _resolve(value, meshes, key)
         if key in modules and isinstance(value, Mapping):
             ddp = modules[key].ddp
             value = {canonical(name, ddp): v for name, v in value.items()}

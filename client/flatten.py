@@ -48,27 +48,107 @@ def storage_key(t: torch.Tensor) -> StorageKey:
     return str(local.device), local.untyped_storage().data_ptr()
 
 
-@dataclass
 class SpanCopy:
-    """One span to copy: `source` (uint8, on the tensor's device) -> slot bytes at `offset`."""
+    """One span to copy: `nbytes` of `storage` from byte `lo` -> slot bytes at `offset`."""
 
-    source: torch.Tensor
-    offset: int
-    background: bool
+    __slots__ = ("background", "device", "lo", "nbytes", "offset", "storage")
+
+    def __init__(
+        self,
+        storage: torch.UntypedStorage,
+        device: torch.device,
+        lo: int,
+        nbytes: int,
+        offset: int,
+        background: bool,
+    ) -> None:
+        self.storage, self.device, self.lo, self.nbytes = storage, device, lo, nbytes
+        self.offset, self.background = offset, background
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def source(self) -> torch.Tensor:
+        """The span's bytes as a uint8 tensor on its device (a view: no copy)."""
+        view = torch.empty(0, dtype=torch.uint8, device=self.device)
+        return view.set_(self.storage, self.lo, (self.nbytes,), (1,))
+
+
+class _Captured:
+    """One tensor as save() saw it: where its bytes are and how to view them. Captured in the
+    caller's thread; the manifest entry is built from it later, off the training path."""
+
+    __slots__ = (
+        "device",
+        "dtype",
+        "element_size",
+        "end",
+        "key",
+        "parameter",
+        "requires_grad",
+        "shape",
+        "spec",
+        "start",
+        "storage",
+        "stride",
+    )
+
+    def __init__(self, obj: torch.Tensor) -> None:
+        local = _check_savable(obj)
+        self.spec = obj._spec if dtensors.is_dtensor(obj) else None
+        self.dtype, self.shape, self.stride = local.dtype, tuple(local.shape), local.stride()
+        self.device = local.device
+        self.requires_grad, self.parameter = obj.requires_grad, isinstance(obj, nn.Parameter)
+        self.element_size = es = local.element_size()
+        self.start = int(local.storage_offset()) * es
+        extent = 0
+        if local.numel():
+            extent = 1 + sum(
+                (int(n) - 1) * int(s) for n, s in zip(self.shape, self.stride, strict=True)
+            )
+        self.end = self.start + extent * es
+        self.storage = local.untyped_storage()
+        self.key: StorageKey = (str(self.device), self.storage.data_ptr())
 
 
 @dataclass
 class FlatState:
-    manifest: snapshot_pb2.Manifest
     spans: list[SpanCopy]
+    nbytes: int  # bytes of the slot used
     # Tensors copied in the background with their version counters at capture: a change before
     # their copy is done (an in-place op nobody fenced) would tear the snapshot.
     watched: list[tuple[torch.Tensor, int]]
     tree: dict[str, tuple[str, Any]] = field(repr=False)
+    _captured: list[_Captured] = field(repr=False)
+    _span_of: list[tuple[int, int]] = field(repr=False)  # per tensor: (span, offset in elements)
+    _head: snapshot_pb2.Manifest = field(repr=False)  # skeleton and the small fields
+    _manifest: snapshot_pb2.Manifest | None = field(default=None, repr=False)
 
     @property
-    def nbytes(self) -> int:
-        return int(self.manifest.nbytes)
+    def manifest(self) -> snapshot_pb2.Manifest:
+        """The full manifest (built once, on first use: by the copy thread, not by save())."""
+        if self._manifest is None:
+            m = snapshot_pb2.Manifest()
+            m.CopyFrom(self._head)
+            m.nbytes = self.nbytes
+            for span in self.spans:
+                m.spans.add(offset=span.offset, nbytes=span.nbytes, device=span.device.type)
+            for c, (span_index, offset) in zip(self._captured, self._span_of, strict=True):
+                entry = m.tensors.add(
+                    dtype=str(c.dtype).removeprefix("torch."),
+                    shape=c.shape,
+                    stride=c.stride,
+                    device=c.device.type,
+                    requires_grad=c.requires_grad,
+                    parameter=c.parameter,
+                    span=span_index,
+                    span_offset=offset,
+                )
+                if c.spec is not None:
+                    entry.dtensor.CopyFrom(dtensors.meta_of_spec(c.spec))
+            self._manifest = m
+        return self._manifest
 
     def changed(self) -> list[tuple[torch.Tensor, int, int]]:
         """Watched tensors whose version moved since capture: (tensor, then, now)."""
@@ -91,80 +171,48 @@ def _tensors_with_paths(tree: Mapping[str, tuple[str, Any]]) -> Iterator[tuple[s
             stack.extend((f"{path}/{i}", v) for i, v in enumerate(value))
 
 
-@dataclass
-class _Placed:
-    key: StorageKey
-    storage: torch.UntypedStorage
-    device: torch.device
-    start: int  # byte offset of the tensor's first element in its storage
-    end: int
-    element_size: int
-
-
 class _Layout:
     """Collects tensors as the pickler meets them and lays their storages out as spans."""
 
-    def __init__(self, manifest: snapshot_pb2.Manifest, fenced: Collection[StorageKey]) -> None:
-        self.manifest = manifest
+    def __init__(self, fenced: Collection[StorageKey]) -> None:
         self.fenced = fenced
-        self.placed: list[_Placed] = []
+        self.captured: list[_Captured] = []
         self.watched: list[tuple[torch.Tensor, int]] = []
-        self._memo: dict[int, Any] = {}
+        self._memo: dict[int, int] = {}
 
-    def add(self, obj: torch.Tensor) -> Any:
+    def add(self, obj: torch.Tensor) -> int:
         pid = self._memo.get(id(obj))
         if pid is not None:
             return pid  # the same tensor again: one entry, restored as one object
-        local = _check_savable(obj)
-        entry = self.manifest.tensors.add(
-            dtype=str(local.dtype).removeprefix("torch."),
-            shape=list(local.shape),
-            stride=list(local.stride()),
-            device=local.device.type,
-            requires_grad=obj.requires_grad,
-            parameter=isinstance(obj, nn.Parameter),
-        )
-        if dtensors.is_dtensor(obj):
-            entry.dtensor.CopyFrom(dtensors.describe(obj))
-        es = local.element_size()
-        start = int(local.storage_offset()) * es
-        extent = 0
-        if local.numel():
-            extent = 1 + sum(
-                (int(n) - 1) * int(s) for n, s in zip(local.shape, local.stride(), strict=True)
-            )
-        storage = local.untyped_storage()
-        key = (str(local.device), storage.data_ptr())
-        self.placed.append(_Placed(key, storage, local.device, start, start + extent * es, es))
-        if key in self.fenced:
+        c = _Captured(obj)
+        self.captured.append(c)
+        if c.key in self.fenced:
             self.watched.append((obj, obj._version))
-        pid = (len(self.placed) - 1, entry.dtype)
-        self._memo[id(obj)] = pid
+        pid = self._memo[id(obj)] = len(self.captured) - 1
         return pid
 
-    def spans(self) -> list[SpanCopy]:
+    def spans(self) -> tuple[list[SpanCopy], list[tuple[int, int]], int]:
+        """The spans (one per storage), each tensor's (span, offset) and the bytes used."""
         bounds: dict[StorageKey, tuple[int, int]] = {}
-        for p in self.placed:
-            lo, hi = bounds.get(p.key, (p.start, p.end))
-            bounds[p.key] = (min(lo, p.start), max(hi, p.end))
-        # Floored so that every element size divides each tensor's offset inside its span.
-        bounds = {k: (lo - lo % _SPAN_BASE, hi) for k, (lo, hi) in bounds.items()}
+        for c in self.captured:
+            lo, hi = bounds.get(c.key, (c.start, c.end))
+            bounds[c.key] = (min(lo, c.start), max(hi, c.end))
         index: dict[StorageKey, int] = {}
         copies: list[SpanCopy] = []
+        span_of: list[tuple[int, int]] = []
         offset = 0
-        for p, entry in zip(self.placed, self.manifest.tensors, strict=True):
-            lo, hi = bounds[p.key]
-            if p.key not in index:
-                index[p.key] = len(copies)
-                source = torch.empty(0, dtype=torch.uint8, device=p.device)
-                source.set_(p.storage, lo, (hi - lo,), (1,))
-                self.manifest.spans.add(offset=offset, nbytes=hi - lo, device=p.device.type)
-                copies.append(SpanCopy(source, offset, p.key in self.fenced))
+        for c in self.captured:
+            lo, hi = bounds[c.key]
+            lo -= lo % _SPAN_BASE  # so every element size divides each tensor's offset in it
+            i = index.get(c.key)
+            if i is None:
+                i = index[c.key] = len(copies)
+                copies.append(
+                    SpanCopy(c.storage, c.device, lo, hi - lo, offset, c.key in self.fenced)
+                )
                 offset += -(-(hi - lo) // TENSOR_ALIGN) * TENSOR_ALIGN
-            entry.span = index[p.key]
-            entry.span_offset = (p.start - lo) // p.element_size
-        self.manifest.nbytes = offset
-        return copies
+            span_of.append((i, (c.start - lo) // c.element_size))
+        return copies, span_of, offset
 
 
 def _check_savable(obj: torch.Tensor) -> torch.Tensor:
@@ -198,7 +246,7 @@ class _Pickler(pickle.Pickler):
     def persistent_id(self, obj: Any) -> Any:
         if not isinstance(obj, torch.Tensor):
             return None
-        return self._layout.add(obj)
+        return self._layout.add(obj)  # the tensor's index in the manifest
 
 
 def _describe_owners(app_state: Mapping[str, Any], manifest: snapshot_pb2.Manifest) -> None:
@@ -230,10 +278,8 @@ def flatten(
         if not isinstance(key, str):
             raise TypeError(f"app_state keys must be strings, got {key!r}")
         tree[key] = (STATEFUL, value.state_dict()) if is_stateful(value) else (PLAIN, value)
-    manifest = snapshot_pb2.Manifest(
-        format_version=FORMAT_VERSION, rank=rank, world_size=world_size
-    )
-    layout = _Layout(manifest, fenced)
+    head = snapshot_pb2.Manifest(format_version=FORMAT_VERSION, rank=rank, world_size=world_size)
+    layout = _Layout(fenced)
     buf = io.BytesIO()
     try:
         _Pickler(buf, layout).dump(tree)
@@ -245,9 +291,10 @@ def flatten(
     except TypeError as exc:
         where = _first_unsavable(tree)
         raise TypeError(f"app_state entry {where}: {exc}") from exc
-    manifest.skeleton = buf.getvalue()
-    _describe_owners(app_state, manifest)
-    return FlatState(manifest, layout.spans(), layout.watched, tree)
+    head.skeleton = buf.getvalue()
+    _describe_owners(app_state, head)
+    spans, span_of, nbytes = layout.spans()
+    return FlatState(spans, nbytes, layout.watched, tree, layout.captured, span_of, head)
 
 
 def _first_unsavable(tree: Mapping[str, tuple[str, Any]]) -> str:

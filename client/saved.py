@@ -99,7 +99,7 @@ class _Unpickler(pickle.Unpickler):
         self._saved = saved
 
     def persistent_load(self, pid: Any) -> Any:
-        index, _dtype_name = pid
+        index = pid
         if not isinstance(index, int) or not 0 <= index < len(self._saved):
             raise pickle.UnpicklingError(f"the skeleton names tensor {index!r}, which is not saved")
         return self._saved[index]

@@ -214,6 +214,8 @@ class _DcpApp:
 
         w, r = self.c.w, self.c.rank
         model_sd, optim_sd = get_state_dict(w.holder, w.optim)
+        if w.cfg.sharding == "fsdp":  # every entry is a DTensor: DCP places the shards itself
+            return {"model": model_sd, "optim": optim_sd, f"rank{r}": {"extras": self.c.extras()}}
         shard = model_sd.pop("shard")
         optim: dict[str, Any] = dict(optim_sd)
         optim["state"] = dict(optim["state"])
@@ -229,6 +231,12 @@ class _DcpApp:
 
         w, r = self.c.w, self.c.rank
         mine = state[f"rank{r}"]
+        if w.cfg.sharding == "fsdp":
+            set_state_dict(
+                w.holder, w.optim, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            )
+            self.c.load_extras(mine["extras"])
+            return
         model_sd = dict(state["model"])
         model_sd["shard"] = mine["shard"]
         optim_sd = {
@@ -335,6 +343,9 @@ class Ecsnap(Checkpointer):
             "data": w.data,
             "rng": ecsnap.RNGState(),
         }
+        if w.cfg.sharding == "fsdp":  # the padding is a sharded parameter of the FSDP2 root
+            del self.app["shard"]
+            self.app["model"] = w.holder
         self.last: Record | None = None
         self.handle: Any = None
         self.fence_mark = 0.0

@@ -40,14 +40,17 @@ from ecsnap.demo.cluster import LocalSMP, RankRun, free_port, short_tmpdir
 from smp.config import parse_size
 
 DEFAULT_CONTENDERS = list(specs(4))
+FSDP_CONTENDERS = [n for n in DEFAULT_CONTENDERS if n != "torch_save"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what runs")
     g.add_argument(
         "--contenders",
-        default=",".join(DEFAULT_CONTENDERS),
-        help="comma-separated subset of: " + ", ".join(DEFAULT_CONTENDERS) + " (default: all)",
+        default="",
+        help="comma-separated subset of: "
+        + ", ".join(DEFAULT_CONTENDERS)
+        + " (default: all; with --sharding fsdp all but torch_save)",
     )
     g.add_argument("--nodes", type=int, default=2, help="simulated nodes, one SMP each (2)")
     g.add_argument("--ranks-per-node", type=int, default=1, help="trainer ranks per node")
@@ -69,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="0",
         help="training state per rank, e.g. 256M: a per-rank parameter pads the model's "
         "state up to it (default 0: the model and AdamW only)",
+    )
+    m.add_argument(
+        "--sharding",
+        choices=["ddp", "fsdp"],
+        default="ddp",
+        help="ddp: replicated model (default); fsdp: FSDP2, every parameter and moment sharded",
     )
     m.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     m.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores/ranks)")
@@ -369,13 +378,23 @@ def main(argv: list[str] | None = None, prog: str = "smp bench train") -> int:
 
 def run(args: argparse.Namespace) -> int:
     known = specs(args.interval)
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    chosen = args.contenders or ",".join(
+        FSDP_CONTENDERS if args.sharding == "fsdp" else DEFAULT_CONTENDERS
+    )
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         print(f"unknown contenders {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     if args.interval < 1 or args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         print("--interval, --steps, --warmup and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    if args.sharding == "fsdp" and "torch_save" in names:
+        print(
+            "torch_save is not a contender for --sharding fsdp (DTensors are saved with DCP); "
+            "pick others with --contenders",
+            file=sys.stderr,
+        )
         return 2
     device = args.device
     if device == "auto":
@@ -388,6 +407,8 @@ def run(args: argparse.Namespace) -> int:
         seq=args.seq,
         batch=args.batch,
         state_bytes=parse_size(args.state_size),
+        sharding=args.sharding,
+        world=args.nodes * args.ranks_per_node,
     )
     launcher = Launcher(args, cfg, device)
     work = short_tmpdir("ecsnap-bt-")

@@ -4,6 +4,11 @@ Every contender trains exactly this. The state a rank holds is the model's param
 two moments (3 x 4 bytes per parameter), the data position and the RNG states. `state_bytes`
 pads it up to a requested size with a per-rank parameter (as a sharded optimizer's slice would be:
 different on every rank, part of the optimizer and updated every step).
+
+sharding "ddp": the model is replicated (DDP) and the padding is a plain per-rank parameter.
+sharding "fsdp": FSDP2 (`fully_shard` on every block and on a root holding model and padding), so
+every parameter and optimizer moment is a DTensor and each rank holds 1/world of them; the
+padding is one sharded parameter of world x the per-rank size.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ class ModelConfig:
     batch: int = 8
     state_bytes: int = 0  # per rank; 0 = just the model and its optimizer
     seed: int = 1234
+    sharding: str = "ddp"  # or "fsdp"
+    world: int = 1
+
+    def local_params(self) -> int:
+        """Model parameters this rank holds (all of them with DDP, 1/world with FSDP2)."""
+        p = self.param_count()
+        return -(-p // self.world) if self.sharding == "fsdp" else p
 
     def param_count(self) -> int:
         d, v = self.d_model, self.vocab
@@ -36,10 +48,10 @@ class ModelConfig:
         """Elements of the per-rank padding parameter that brings the state to `state_bytes`."""
         per_param = 12  # fp32 value + AdamW exp_avg + exp_avg_sq
         # At least one element: every rank's state has the same structure at any size.
-        return max(1, self.state_bytes // per_param - self.param_count())
+        return max(1, self.state_bytes // per_param - self.local_params())
 
     def total_state_bytes(self) -> int:
-        return 12 * (self.param_count() + self.shard_numel())
+        return 12 * (self.local_params() + self.shard_numel())
 
 
 class Block(nn.Module):
@@ -111,6 +123,19 @@ class TokenStream:
         self.position = int(state["position"])
 
 
+class Holder(nn.Module):
+    """Model and padding under one module (what DCP's get_state_dict walks; FSDP2's root)."""
+
+    def __init__(self, model: TinyLM, shard: nn.Parameter) -> None:
+        super().__init__()
+        self.model = model
+        self.shard = shard
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reg = self.shard.square().mean() if self.shard.numel() else self.shard.sum()
+        return self.model(idx), reg
+
+
 @dataclass
 class Workload:
     cfg: ModelConfig
@@ -118,15 +143,18 @@ class Workload:
     shard: nn.Parameter
     optim: torch.optim.AdamW
     data: TokenStream
-    net: nn.Module  # the model as trained (DDP-wrapped when distributed)
-    holder: nn.Module  # model and shard under one module (what DCP's get_state_dict walks)
+    net: nn.Module  # what is trained: DDP(model), or the FSDP2-sharded holder
+    holder: Holder
 
     def step(self) -> float:
         x, y = self.data.next_batch()
-        logits = self.net(x)
+        if isinstance(self.net, Holder):  # FSDP2: the root's forward unshards the padding too
+            logits, reg = self.net(x)
+        else:
+            logits = self.net(x)
+            reg = self.shard.square().mean() if self.shard.numel() else self.shard.sum()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        if self.shard.numel():
-            loss = loss + 1e-6 * self.shard.square().mean()
+        loss = loss + 1e-6 * reg
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         self.optim.step()
@@ -136,25 +164,35 @@ class Workload:
 def build(cfg: ModelConfig, rank: int, device: torch.device, distributed: bool) -> Workload:
     torch.manual_seed(cfg.seed)  # the same initial model on every rank
     model = TinyLM(cfg).to(device)
-    g = torch.Generator().manual_seed(cfg.seed + 1 + rank)
-    shard = nn.Parameter((torch.randn(cfg.shard_numel(), generator=g) * 0.02).to(device))
+    fsdp = cfg.sharding == "fsdp"
+    g = torch.Generator().manual_seed(cfg.seed + 1 + (0 if fsdp else rank))
+    numel = cfg.shard_numel() * (cfg.world if fsdp else 1)
+    shard = nn.Parameter((torch.randn(numel, generator=g) * 0.02).to(device))
+    holder = Holder(model, shard)
     net: nn.Module = model
-    if distributed:
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(holder)
+        net = holder
+    elif distributed:
+        # The per-rank padding stays out of DDP: its gradient is this rank's own.
         net = nn.parallel.DistributedDataParallel(model)
-    optim = torch.optim.AdamW([*model.parameters(), shard], lr=3e-4, weight_decay=0.01)
-    holder = nn.Module()
-    holder.model = model
-    holder.shard = shard
+    optim = torch.optim.AdamW(holder.parameters(), lr=3e-4, weight_decay=0.01)
     torch.manual_seed(cfg.seed + 100 + rank)  # per-rank dropout stream
-    return Workload(cfg, model, shard, optim, TokenStream(cfg, rank, device), net, holder)
+    shard_param = holder.shard  # FSDP2 replaced it with its sharded DTensor parameter
+    return Workload(cfg, model, shard_param, optim, TokenStream(cfg, rank, device), net, holder)
 
 
 def describe(cfg: ModelConfig) -> str:
     params = cfg.param_count()
     mib = cfg.total_state_bytes() / (1 << 20)
     extra = f" + {cfg.shard_numel() / 1e6:.1f}M per-rank" if cfg.shard_numel() > 1 else ""
+    how = "FSDP2-sharded" if cfg.sharding == "fsdp" else "DDP"
     return (
         f"TinyLM d={cfg.d_model} layers={cfg.layers} heads={cfg.heads} vocab={cfg.vocab} "
-        f"seq={cfg.seq} batch={cfg.batch}: {params / 1e6:.1f}M params{extra}, AdamW; "
+        f"seq={cfg.seq} batch={cfg.batch}: {params / 1e6:.1f}M params{extra}, {how}, AdamW; "
         f"state {mib:.0f} MiB per rank (~{math.ceil(mib)} MiB incl. data/RNG)"
     )

@@ -143,10 +143,12 @@ def launch_ranks(
     train_args: list[str],
     env: dict[str, str] | None = None,
     module: str = "ecsnap.demo.train",
+    pass_out: bool = True,
 ) -> RankRun:
     """Start len(sockets) * ranks_per_node trainer processes; node n talks to sockets[n].
 
-    `env` adds variables (e.g. ECSNAP_PARITY) to every rank's environment."""
+    `env` adds variables (e.g. ECSNAP_PARITY) to every rank's environment; `module` runs with
+    `--out OUT` (unless pass_out is False) and `train_args`."""
     out.mkdir(parents=True, exist_ok=True)
     world = len(sockets) * ranks_per_node
     port = free_port()
@@ -174,7 +176,7 @@ def launch_ranks(
         with log.open("ab") as f:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", module, "--out", str(out), *train_args],
+                    [sys.executable, "-m", module, *(["--out", str(out)] * pass_out), *train_args],
                     env=rank_env,
                     stdout=f,
                     stderr=subprocess.STDOUT,

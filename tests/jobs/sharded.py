@@ -40,6 +40,7 @@ WIDTHS = (12, 37, 23, 5)  # 37 and 23 split unevenly over 2 and 4 ranks (FSDP2)
 # Tensor parallel needs the sharded width divisible by the world (DTensor infers the global
 # shape of an activation from even local shards); the last layer stays unsharded.
 TP_WIDTHS = (12, 36, 23, 5)
+TABLE = 1 << 16  # rows of an embedding table: 3 MiB of weights keep each save's copy in flight
 
 
 class Cursor:
@@ -48,11 +49,11 @@ class Cursor:
     def __init__(self, rank: int) -> None:
         self.rank, self.position = rank, 0
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(1_000_003 * self.rank + self.position)
         self.position += 1
         x = torch.randn(8, WIDTHS[0], generator=g)
-        return x, x[:, : WIDTHS[-1]].sin()
+        return torch.randint(0, TABLE, (8,), generator=g), x, x[:, : WIDTHS[-1]].sin()
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
@@ -61,34 +62,41 @@ class Cursor:
         self.position = int(state["position"])
 
 
-def build_model(mode: str) -> nn.Sequential:
-    w = TP_WIDTHS if mode == "tp" else WIDTHS
+class Net(nn.Module):
+    def __init__(self, w: tuple[int, ...]) -> None:
+        super().__init__()
+        self.table = nn.Embedding(TABLE, w[0])
+        self.mlp = nn.Sequential(
+            nn.Linear(w[0], w[1]),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(w[1], w[2]),
+            nn.ReLU(),
+            nn.Linear(w[2], w[3]),
+        )
+
+    def forward(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(x + self.table(idx))
+        return out
+
+
+def build_model(mode: str) -> Net:
     torch.manual_seed(1234)  # identical initial model on every rank
-    return nn.Sequential(
-        nn.Linear(w[0], w[1]),
-        nn.ReLU(),
-        nn.Dropout(0.1),
-        nn.Linear(w[1], w[2]),
-        nn.ReLU(),
-        nn.Linear(w[2], w[3]),
-    )
+    return Net(TP_WIDTHS if mode == "tp" else WIDTHS)
 
 
-def shard(model: nn.Sequential, mode: str, world: int) -> nn.Sequential:
-    if mode == "fsdp":
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-    elif mode == "hsdp":
-        mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
-        for layer in model:
-            if isinstance(layer, nn.Linear):
+def shard(model: Net, mode: str, world: int) -> Net:
+    if mode in ("fsdp", "hsdp"):
+        mesh = None
+        if mode == "hsdp":
+            mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+        for layer in [model.table, *model.mlp]:
+            if isinstance(layer, (nn.Linear, nn.Embedding)):
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-    elif mode == "tp":
+    elif mode == "tp":  # the table stays replicated: every rank sees the same batch
         mesh = init_device_mesh("cpu", (world,))
-        parallelize_module(model, mesh, {"0": ColwiseParallel(), "3": RowwiseParallel()})
+        parallelize_module(model, mesh, {"mlp.0": ColwiseParallel(), "mlp.3": RowwiseParallel()})
     else:
         raise SystemExit(f"unknown mode {mode}")
     return model
@@ -152,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     handle = None
     with (out / f"rank{rank}.losses.jsonl").open("a") as losses:
         for step in range(start, args.steps):
-            x, y = data.next_batch()
-            loss = nn.functional.mse_loss(model(x), y)
+            idx, x, y = data.next_batch()
+            loss = nn.functional.mse_loss(model(idx, x), y)
             optim.zero_grad()
             loss.backward()
             optim.step()

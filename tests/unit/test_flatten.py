@@ -20,7 +20,7 @@ Pair = namedtuple("Pair", "a b")
 def into_arena(flat: FlatState) -> torch.Tensor:
     arena = torch.zeros(max(flat.nbytes, 1), dtype=torch.uint8)
     for span in flat.spans:
-        arena[span.offset : span.offset + span.source.numel()].copy_(span.source)
+        arena[span.offset : span.offset + span.nbytes].copy_(span.source())
     return arena
 
 
