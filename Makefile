@@ -46,11 +46,11 @@ test: setup lint typecheck proto-check
 
 bench: setup
 	$(BIN)/smp bench codec
-	$(BIN)/smp bench local
+	$(BIN)/ecsnap bench local
 
 # End-to-end: training overhead and recovery time vs torch.save and DCP (a few minutes on 2 cores).
 bench-train: setup
-	$(BIN)/smp bench train --json docs/bench-train.json --plot docs/bench-train.png
+	$(BIN)/ecsnap bench train --json docs/bench-train.json --plot docs/bench-train.png
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache

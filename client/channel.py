@@ -29,6 +29,12 @@ _ERRORS: dict[int, type[SnapshotError]] = {
 }
 
 
+def error_of(error: pb.Error, where: str) -> SnapshotError:
+    """The library's exception for an error the SMP reported (its code kept in `.code`)."""
+    code = pb.ErrorCode.Name(error.code) if error.code in pb.ErrorCode.values() else "INTERNAL"
+    return _ERRORS.get(error.code, SnapshotError)(f"{where}: {error.message}", code)
+
+
 class Channel:
     def __init__(self, socket_path: str, job_id: str, timeout: float) -> None:
         self.socket_path = socket_path
@@ -74,10 +80,7 @@ class Channel:
                 if response.request_id == request.request_id:
                     break
         if response.HasField("error"):
-            code = response.error.code
-            raise _ERRORS.get(code, SnapshotError)(
-                f"SMP at {self.socket_path}: {response.error.message}", pb.ErrorCode.Name(code)
-            )
+            raise error_of(response.error, f"SMP at {self.socket_path}")
         if response.WhichOneof("body") != kind:
             raise SnapshotError(
                 f"SMP at {self.socket_path} answered {kind} with "

@@ -1,4 +1,5 @@
-"""Command line of the trainer library: `ecsnap export` (and `python -m ecsnap ...`).
+"""Command line of the trainer library: `ecsnap export`, `ecsnap bench ...` (also
+`python -m ecsnap ...`).
 
 `ecsnap export` writes a job's newest committed snapshot (or --step) from its SMPs' memory as a
 standard torch.distributed.checkpoint. It needs no training script, so a job that died can still
@@ -31,7 +32,51 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--socket", default=None, help="the node's SMP (default $ECSNAP_SOCKET)")
     export.add_argument("--step", type=int, default=None, help="default: newest committed")
     export.add_argument("--timeout", type=float, default=120.0)
+
+    bench = sub.add_parser("bench", help="benchmarks (the daemon's codec: `smp bench codec`)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    local = bench_sub.add_parser("local", help="save/restore vs torch.save/torch.load")
+    local.add_argument("--size", default="1G", help="state size (default 1G of float32)")
+    local.add_argument("--repeats", type=int, default=3)
+    local.add_argument("--dir", default=None, help="where torch.save writes (default: a tmp dir)")
+    local.add_argument("--json", default=None, help="write raw results here")
+    local.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the state lives (cuda: device-to-host copies)",
+    )
+    cluster = bench_sub.add_parser(
+        "cluster",
+        help="parity exchange and node rebuild across 4 local SMPs vs raw TCP and plain gRPC",
+    )
+    cluster.add_argument("--size", default="256M", help="state per node (default 256M)")
+    cluster.add_argument("--repeats", type=int, default=3)
+    cluster.add_argument("--parity", default="1,2", help="parity settings to run (default 1,2)")
+    cluster.add_argument("--json", default=None, help="write raw results here")
+    # `ecsnap bench train` parses its own arguments (they live with the benchmark): see main().
+    bench_sub.add_parser(
+        "train",
+        help="end-to-end: training overhead and recovery vs torch.save and DCP "
+        "(ecsnap bench train --help)",
+        add_help=False,
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from smp.config import parse_size
+
+    if args.bench == "cluster":
+        from ecsnap.bench import cluster
+
+        parities = [int(x) for x in args.parity.split(",")]
+        return cluster.run_cluster(parse_size(args.size), args.repeats, parities, args.json)
+    from ecsnap.bench import local
+
+    return int(
+        local.run_local(parse_size(args.size), args.repeats, args.dir, args.json, args.device)
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -58,8 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("ECSNAP_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "train"]:
+        from ecsnap.bench.train import runner
+
+        return runner.main(argv[2:], prog="ecsnap bench train")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            return _bench(args)
         return _export(args)
     except EcsnapError as exc:
         print(f"ecsnap {args.command}: {exc}", file=sys.stderr)

@@ -6,12 +6,13 @@ ids, error codes -> exceptions) is `channel.Channel`.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from ecsnap.channel import Channel
+from ecsnap.channel import Channel, error_of
 from ecsnap.errors import SnapshotError
 from smp._proto import control_pb2 as pb
 
@@ -39,6 +40,7 @@ class Grant:
 class Steps:
     complete: list[int]  # newest first
     committed: int | None
+    world_sizes: list[int]  # the job's world size when each complete step was saved
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class Opened:
 class Committed:
     committed: bool
     step: int | None  # the job's newest committed step
+    degraded: str = ""  # why this node does not hold it protected, if so
+
+
+@dataclass(frozen=True)
+class SaveReady:
+    ready: bool
+    failure: SnapshotError | None  # the pending step failed (e.g. a parity holder's memory)
+    pending: int | None
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,14 @@ class ControlClient:
         job_id: str,
         timeout: float,
         reregister: Callable[[], None] | None = None,
+        session: int = 0,
     ) -> None:
         self._channel = Channel(socket_path, job_id, timeout)
         self._reregister = reregister
         self.socket_path = socket_path
+        # The registration this client's saves belong to: the SMP refuses saves of a process
+        # that another registration of the same rank superseded.
+        self.session = session or secrets.randbits(64)
 
     def close(self) -> None:
         self._channel.close()
@@ -116,6 +130,7 @@ class ControlClient:
                 num_nodes=num_nodes,
                 pid=pid,
                 hostname=hostname,
+                session=self.session,
             ),
         ).register
         return SMPInfo(r.smp_version, r.grpc_address, r.store_dir, r.codec_engine, r.smp_pid)
@@ -143,7 +158,8 @@ class ControlClient:
 
     def begin_save(self, rank: int, step: int, nbytes: int) -> Grant:
         g = self._call(
-            "begin_save", pb.BeginSaveRequest(rank=rank, step=step, nbytes=nbytes)
+            "begin_save",
+            pb.BeginSaveRequest(rank=rank, step=step, nbytes=nbytes, session=self.session),
         ).begin_save
         return Grant(g.slot, g.generation, g.path, g.capacity)
 
@@ -157,6 +173,7 @@ class ControlClient:
                 generation=grant.generation,
                 nbytes=nbytes,
                 manifest=manifest,
+                session=self.session,
             ),
         )
 
@@ -171,12 +188,17 @@ class ControlClient:
                 slot=grant.slot,
                 generation=grant.generation,
                 reason=reason,
+                session=self.session,
             ),
             timeout=timeout,
         )
 
-    def save_ready(self) -> bool:
-        return bool(self._call("save_ready", pb.SaveReadyRequest()).save_ready.ready)
+    def save_ready(self) -> SaveReady:
+        r = self._call("save_ready", pb.SaveReadyRequest()).save_ready
+        failure = None
+        if r.HasField("failure"):
+            failure = error_of(r.failure, f"SMP at {self.socket_path}")
+        return SaveReady(r.ready, failure, r.pending_step if r.has_pending else None)
 
     def wait_committed(self, step: int, timeout_ms: int, timeout: float) -> Committed:
         r = self._call(
@@ -184,11 +206,15 @@ class ControlClient:
             pb.WaitCommittedRequest(step=step, timeout_ms=timeout_ms),
             timeout=timeout,
         ).wait_committed
-        return Committed(r.committed, r.committed_step if r.has_committed else None)
+        return Committed(r.committed, r.committed_step if r.has_committed else None, r.degraded)
 
     def list_steps(self, rank: int) -> Steps:
         r = self._call("list_steps", pb.ListStepsRequest(rank=rank)).list_steps
-        return Steps(list(r.complete_steps), r.committed_step if r.has_committed else None)
+        return Steps(
+            list(r.complete_steps),
+            r.committed_step if r.has_committed else None,
+            list(r.world_sizes),
+        )
 
     def open_snapshot(self, rank: int, step: int, verify: bool = True) -> Opened:
         r = self._call(
@@ -201,6 +227,10 @@ class ControlClient:
         """Keep (or release) the slot holding `step` from being reused by later saves, for at
         most `lease_s` seconds (or until the rank registers again)."""
         self._call("pin", pb.PinRequest(rank=rank, step=step, pinned=pinned, lease_s=lease_s))
+
+    def forget(self) -> int:
+        """Delete the job's snapshots and parity from this SMP; the bytes freed."""
+        return int(self._call("forget", pb.ForgetRequest()).forget.freed_bytes)
 
     def rebuild(self, timeout: float) -> RebuildInfo:
         r = self._call(

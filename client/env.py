@@ -68,12 +68,19 @@ class RankEnv:
 
 def job_id_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
-    return explicit or env.get(defaults.ENV_JOB) or env.get("TORCHELASTIC_RUN_ID") or "default"
+    job = explicit or env.get(defaults.ENV_JOB) or env.get("TORCHELASTIC_RUN_ID") or "default"
+    try:
+        return defaults.check_job_id(job)
+    except defaults.InvalidJobId as exc:
+        raise ValueError(
+            f"{exc} (the job_id argument, $ECSNAP_JOB or $TORCHELASTIC_RUN_ID)"
+        ) from None
 
 
 def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    return explicit or env.get(defaults.ENV_SOCKET) or defaults.default_socket()
+    """The node's SMP socket: the argument, else $SMP_SOCKET, else $ECSNAP_SOCKET, else the
+    default (the resolution every ecsnap command uses)."""
+    return defaults.socket_from(explicit, env)
 
 
 def layout_from(

@@ -29,29 +29,54 @@ def agreed_steps(session: Session) -> list[int]:
     newest first; raises RestoreError on every rank if any rank could not list its steps."""
     steps: list[int] = []
     committed: int | None = None
+    worlds: list[int] = []
     error = ""
     try:
         listed = session.client.list_steps(session.rank)
-        steps, committed = listed.complete, listed.committed
+        steps, committed, worlds = listed.complete, listed.committed, listed.world_sizes
     except EcsnapError as exc:
         error = str(exc)
-    everyone = session.all_gather((session.rank, steps, committed, error))
-    failed = [f"rank {r}: {e}" for r, _, _, e in everyone if e]
+    everyone = session.all_gather((session.rank, steps, committed, error, worlds))
+    failed = [f"rank {r}: {e}" for r, _, _, e, _ in everyone if e]
     if failed:
         raise RestoreError("cannot restore: " + "; ".join(failed))
+    _check_world(session, everyone)
+    everyone = [(r, s, c, e) for r, s, c, e, _ in everyone]
     common = set.intersection(*(set(s) for _, s, _, _ in everyone))
     if session.layout.protected:
         # Only a committed step is protected on every node; one SMP may have seen the
         # commit of a newer step before another, and any of them proves it.
         newest = max((c for _, _, c, _ in everyone if c is not None), default=None)
         common = {s for s in common if newest is not None and s <= newest}
-    if not common and any(s for _, s, _, _ in everyone):
-        logger.warning(
-            "rank %d: no committed step is held by every rank (%s); starting fresh",
-            session.rank,
-            {r: s for r, s, _, _ in everyone},
-        )
+    if not common and session.rank == 0:
+        if any(s for _, s, _, _ in everyone):
+            logger.warning(
+                "job %s: no committed step is held by every rank (%s); starting fresh",
+                session.job_id,
+                {r: s for r, s, _, _ in everyone},
+            )
+        else:
+            logger.warning(
+                "job %s: no rank's SMP holds a snapshot of this job (a new job, or its "
+                "snapshots were forgotten or lost): starting fresh",
+                session.job_id,
+            )
     return sorted(common, reverse=True)
+
+
+def _check_world(session: Session, everyone: list[Any]) -> None:
+    """Snapshots of another world size are not restored as if they were this job's."""
+    world = session.env.world_size
+    other = {w for *_, worlds in everyone for w in worlds if w and w != world}
+    if other:
+        saved = ", ".join(str(w) for w in sorted(other))
+        raise RestoreError(
+            f"the snapshots of job {session.job_id!r} were saved by a job of {saved} ranks; this "
+            f"one has {world}. Relaunch with {saved} ranks to restore them, or export them "
+            f"(`ecsnap export` with {saved} processes) and load that with "
+            "torch.distributed.checkpoint at any world size, or forget them (`smp forget "
+            f"{session.job_id}`) to start fresh"
+        )
 
 
 def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, Opened] | None:

@@ -15,13 +15,19 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ecsnap.cluster import JobGroup, exchange_addresses
-from ecsnap.control import ControlClient, RebuildInfo, SMPInfo
+from ecsnap.control import ControlClient, RebuildInfo, SaveReady, SMPInfo
 from ecsnap.env import RankEnv
-from ecsnap.errors import EcsnapError, RestoreError, SnapshotError
+from ecsnap.errors import EcsnapError, MemoryLimitError, RestoreError, SnapshotError
+from ecsnap.group import JobGroup, exchange_addresses
 from smp.layout import Layout
 
 logger = logging.getLogger(__name__)
+
+
+def _kind(error: SnapshotError | None) -> str:
+    if isinstance(error, MemoryLimitError):
+        return "memory"
+    return error.code if error is not None else ""
 
 
 def current_env() -> RankEnv:
@@ -60,10 +66,13 @@ class Session:
         self.layout = layout
         self._pg = process_group
         self.client = ControlClient(socket, job_id, timeout, reregister=self._reregister)
-        self.worker = ControlClient(socket, job_id, timeout)  # the copy thread's own socket
+        # The copy thread's own socket, on the same registration.
+        self.worker = ControlClient(socket, job_id, timeout, session=self.client.session)
         self.info: SMPInfo | None = None
         self.group: JobGroup | None = None
         self._introduction: dict[str, Any] | None = None  # what the SMP was told of the job
+        self._reported: set[int | None] = set()  # failed steps already raised
+        self._degraded = ""
 
     @property
     def rank(self) -> int:
@@ -155,23 +164,33 @@ class Session:
     # -- agreements -----------------------------------------------------------------------------
 
     def slot_free_everywhere(self, on_busy: str) -> bool:
-        """Collective: may every SMP of the job take a new step? (all ranks get the same answer)"""
+        """Collective: may every SMP of the job take a new step? (all ranks get the same answer)
+
+        A step that failed somewhere (a parity holder's memory limit, say) is raised here, on
+        every rank, once: the previous save's failure reaches the training loop."""
         if self.group is None:
             raise RuntimeError("join() first")
         deadline = time.monotonic() + self.timeout
         while True:
-            busy, error = False, ""
+            busy, error, failure = False, "", None
             try:
-                busy = not self.client.save_ready()
+                ready = self.client.save_ready()
+                busy = not ready.ready
+                if ready.failure is not None and ready.pending not in self._reported:
+                    failure = ready
             except EcsnapError as exc:
                 error = str(exc)
             expired = on_busy == "skip" or time.monotonic() > deadline
-            any_busy, any_expired, any_error = self.group.max_flags(busy, expired, bool(error))
+            any_busy, any_expired, any_error, any_failed = self.group.max_flags(
+                busy, expired, bool(error), failure is not None
+            )
             if any_error:
                 errors = self.group.all_gather((self.rank, error))
                 raise SnapshotError(
                     "cannot save: " + "; ".join(f"rank {r}: {e}" for r, e in errors if e)
                 )
+            if any_failed:
+                self._raise_failure(failure)
             if not any_busy:
                 return True
             if any_expired:
@@ -182,6 +201,21 @@ class Session:
                 return False
             time.sleep(0.005)
 
+    def _raise_failure(self, mine: SaveReady | None) -> None:
+        """Collective: every rank raises the same error for the step that failed."""
+        assert self.group is not None
+        what = (mine.pending, mine.failure) if mine is not None and mine.failure else (None, None)
+        everyone = self.group.all_gather((self.rank, what[0], str(what[1] or ""), _kind(what[1])))
+        failed = [(r, step, msg, kind) for r, step, msg, kind in everyone if msg]
+        self._reported.update(step for _, step, _, _ in failed)
+        step = failed[0][1]
+        text = f"step {step} could not be protected: " + "; ".join(
+            f"rank {r} heard: {msg}" for r, _, msg, _ in failed
+        )
+        if any(kind == "memory" for *_, kind in failed):
+            raise MemoryLimitError(text, "MEMORY_LIMIT")
+        raise SnapshotError(text, failed[0][3])
+
     def wait_committed(self, step: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -189,6 +223,9 @@ class Session:
             slice_ms = int(max(0.0, min(remaining, 30.0)) * 1000)
             resp = self.client.wait_committed(step, slice_ms, slice_ms / 1000 + self.timeout)
             if resp.committed:
+                if resp.degraded and resp.degraded != self._degraded:
+                    logger.warning("job %s: protection degraded: %s", self.job_id, resp.degraded)
+                self._degraded = resp.degraded
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -218,6 +255,21 @@ class Session:
                 info.bytes_fetched,
             )
         return info
+
+    def forget(self) -> int:
+        """Collective: every node's SMP forgets the job (one rank per node asks); the bytes this
+        node freed."""
+        freed, error = 0, ""
+        if self.env.local_rank == 0:
+            try:
+                freed = self.client.forget()
+            except EcsnapError as exc:
+                error = str(exc)
+        failed = [f"node {n}: {e}" for n, e in self.all_gather((self.env.node_rank, error)) if e]
+        if failed:
+            raise SnapshotError("cannot forget the job: " + "; ".join(failed))
+        self.info = None  # registrations went with it
+        return freed
 
     def close(self) -> None:
         self.client.close()

@@ -182,6 +182,15 @@ class Snapshotter:
         """Wait for a background export_dcp(wait=False) to finish; raise if it failed."""
         self._exports.wait(timeout)
 
+    def forget(self) -> int:
+        """Collective: delete every snapshot of this job from the SMPs of all its nodes and free
+        their memory (parity included); returns the bytes this node's SMP freed. Saves may go on
+        afterwards: they start a new history."""
+        self._check_open()
+        self._copier.finish_inflight()
+        self._session.join()
+        return self._session.forget()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _check_open(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -61,6 +62,27 @@ def compute(data: memoryview, chunk_size: int = CHECKSUM_CHUNK) -> Checksums:
     if len(starts) < 4:
         return Checksums(chunk_size, tuple(map(digest, starts)))
     return Checksums(chunk_size, tuple(_executor().map(digest, starts)))
+
+
+class StreamDigest:
+    """xxh3_64 of bytes that arrive in pieces (a chunk streamed over gRPC)."""
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_64()
+
+    def update(self, piece: bytes | memoryview) -> None:
+        self._hasher.update(piece)
+
+    def value(self) -> int:
+        return int(self._hasher.intdigest())
+
+
+def digest(pieces: Iterable[bytes | memoryview]) -> int:
+    """xxh3_64 of the concatenation of `pieces` (one digest, not per chunk)."""
+    stream = StreamDigest()
+    for piece in pieces:
+        stream.update(piece)
+    return stream.value()
 
 
 def mismatches(data: memoryview, expected: Checksums) -> list[int]:

@@ -16,37 +16,119 @@ from pathlib import Path
 from typing import Any
 
 from smp import defaults
+from smp.defaults import MAX_SOCKET_PATH
 from smp.errors import ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-# Longest path a Unix socket accepts (sun_path is 108 bytes including the terminating NUL).
-MAX_SOCKET_PATH = 107
-
-# Environment variables of the daemon added with the config file and the metrics endpoint (the
-# older ones live in smp.defaults, shared with the trainer library).
-ENV_SMP_CONFIG = "SMP_CONFIG"
-ENV_SMP_METRICS_PORT = "SMP_METRICS_PORT"
-ENV_SMP_METRICS_HOST = "SMP_METRICS_HOST"
-ENV_SMP_LOG_FORMAT = "SMP_LOG_FORMAT"
-ENV_SMP_TLS = {"tls_cert": "SMP_TLS_CERT", "tls_key": "SMP_TLS_KEY", "tls_ca": "SMP_TLS_CA"}
-
-# Setting name -> environment variable. The setting names are also the config file's keys
-# (`store_dir` or `store-dir`) and the flags' (`--store-dir`).
-ENVIRONMENT = {
-    "socket": defaults.ENV_SMP_SOCKET,
-    "store_dir": defaults.ENV_SMP_STORE_DIR,
-    "host": defaults.ENV_SMP_HOST,
-    "port": defaults.ENV_SMP_PORT,
-    "memory_limit": defaults.ENV_SMP_MEMORY_LIMIT,
-    "codec": defaults.ENV_SMP_CODEC,
-    "log_level": defaults.ENV_SMP_LOG_LEVEL,
-    "log_format": ENV_SMP_LOG_FORMAT,
-    "metrics_port": ENV_SMP_METRICS_PORT,
-    "metrics_host": ENV_SMP_METRICS_HOST,
-    **ENV_SMP_TLS,
-}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CODECS = ("auto", "isal", "numpy")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One daemon setting. Its name is the ServeConfig field and the config-file key
+    (`store_dir` or `store-dir`); its flag is `--store-dir`; `launch` is the `smp launch`
+    option that hands it to an SMP the launcher starts (None: launch does not pass it)."""
+
+    name: str
+    env: str
+    help: str
+    kind: str = "str"  # "str", "int", "size" (8G), "seconds"
+    choices: tuple[str, ...] | None = None
+    launch: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# The one schema: `smp serve`'s flags, the environment names, the config-file keys and `smp
+# launch`'s pass-through are all derived from it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "config",
+        "SMP_CONFIG",
+        "settings file, TOML (*.toml) or YAML (*.yaml) with these "
+        "settings' names as keys; precedence: defaults < file < environment < flags",
+        launch="--config",
+    ),
+    Setting(
+        "socket",
+        defaults.ENV_SMP_SOCKET,
+        "control socket path (default /tmp/ecsnap-<uid>/smp.sock)",
+    ),
+    Setting(
+        "store_dir",
+        "SMP_STORE_DIR",
+        "arena directory, ideally tmpfs (default /dev/shm/ecsnap-<uid>)",
+        launch="--store-dir",
+    ),
+    Setting("host", "SMP_HOST", "gRPC bind address (default 127.0.0.1)", launch="--smp-host"),
+    Setting("port", "SMP_PORT", "gRPC port, 0 = any free (default 0)", "int", launch="--smp-port"),
+    Setting(
+        "memory_limit",
+        "SMP_MEMORY_LIMIT",
+        "max arena bytes, e.g. 64G (default: the store's free space)",
+        "size",
+        launch="--memory-limit",
+    ),
+    Setting(
+        "codec",
+        "SMP_CODEC",
+        "erasure-coding engine (default auto)",
+        choices=CODECS,
+        launch="--codec",
+    ),
+    Setting(
+        "log_level", "SMP_LOG_LEVEL", "DEBUG, INFO, WARNING (default INFO)", launch="--log-level"
+    ),
+    Setting(
+        "log_format",
+        "SMP_LOG_FORMAT",
+        "json: one object per line with job, rank, step fields (default text)",
+        choices=LOG_FORMATS,
+        launch="--log-format",
+    ),
+    Setting(
+        "metrics_port",
+        "SMP_METRICS_PORT",
+        "serve Prometheus metrics on this port, 0 = any free (default: no metrics endpoint)",
+        "int",
+        launch="--metrics-port",
+    ),
+    Setting(
+        "metrics_host",
+        "SMP_METRICS_HOST",
+        "metrics bind address (default: the --host address)",
+        launch="--metrics-host",
+    ),
+    Setting(
+        "tls_cert",
+        "SMP_TLS_CERT",
+        "mutual TLS on the peer port: this SMP's certificate, "
+        "PEM (all three of --tls-cert, --tls-key, --tls-ca, or none)",
+        launch="--tls-cert",
+    ),
+    Setting(
+        "tls_key", "SMP_TLS_KEY", "mutual TLS: this SMP's private key, PEM", launch="--tls-key"
+    ),
+    Setting("tls_ca", "SMP_TLS_CA", "mutual TLS: the CA's certificate, PEM", launch="--tls-ca"),
+    Setting(
+        "job_ttl",
+        "SMP_JOB_TTL",
+        "forget a job (free its snapshots) after this many "
+        "seconds without a request from it (default: never)",
+        "seconds",
+        launch="--job-ttl",
+    ),
+)
+SETTING = {s.name: s for s in SETTINGS}
+ENV_SMP_CONFIG = SETTING["config"].env
+ENV_SMP_TLS = {k: SETTING[k].env for k in ("tls_cert", "tls_key", "tls_ca")}
+# Setting name -> environment variable (the file itself is not a setting of the file).
+ENVIRONMENT = {s.name: s.env for s in SETTINGS if s.name != "config"}
 
 
 def parse_size(text: str) -> int:
@@ -84,8 +166,11 @@ class ServeConfig:
     tls_cert: str = ""  # PEM files: mutual TLS on the peer port (all three, or none)
     tls_key: str = ""
     tls_ca: str = ""
+    job_ttl: float | None = None  # seconds without a request after which a job is forgotten
 
     def __post_init__(self) -> None:
+        if self.job_ttl is not None and self.job_ttl <= 0:
+            raise ConfigError(f"--job-ttl must be a positive number of seconds, got {self.job_ttl}")
         if len(self.socket.encode()) > MAX_SOCKET_PATH:
             raise ConfigError(
                 f"socket path {self.socket!r} is {len(self.socket.encode())} bytes; Unix sockets "
@@ -99,13 +184,13 @@ class ServeConfig:
             )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ConfigError(f"--memory-limit must be positive, got {self.memory_limit}")
-        if self.codec not in ("auto", "isal", "numpy"):
+        if self.codec not in CODECS:
             raise ConfigError(f"--codec {self.codec!r} is unknown; use auto, isal or numpy")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"--log-level {self.log_level!r} is unknown; use one of {', '.join(_LOG_LEVELS)}"
             )
-        if self.log_format not in ("text", "json"):
+        if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format {self.log_format!r} is unknown; use text or json")
 
     @property
@@ -186,13 +271,16 @@ def _typed(values: dict[str, object]) -> dict[str, Any]:
     for key, value in values.items():
         if isinstance(value, bool):
             raise ConfigError(f"{key} cannot be {value!r}")
-        if key in ("port", "metrics_port"):
-            try:
+        kind = SETTING[key].kind
+        try:
+            if kind == "int":
                 out[key] = int(str(value))
-            except ValueError:
-                raise ConfigError(f"{key} {value!r} is not a number") from None
-        elif key == "memory_limit":
-            out[key] = value if isinstance(value, int) else parse_size(str(value))
-        else:
-            out[key] = str(value)
+            elif kind == "seconds":
+                out[key] = float(str(value))
+            elif kind == "size":
+                out[key] = value if isinstance(value, int) else parse_size(str(value))
+            else:
+                out[key] = str(value)
+        except ValueError:
+            raise ConfigError(f"{key} {value!r} is not a number") from None
     return out

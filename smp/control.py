@@ -22,32 +22,36 @@ import zmq
 from google.protobuf.message import DecodeError
 
 from smp._proto import control_pb2 as pb
+from smp.crossnode.coordinator import CrossNode, RebuildResult
 from smp.errors import BadRequest, SmpError
 from smp.jobs import CommitState, OpenedSnapshot, RankInfo
-from smp.replication import RebuildResult, Replication
 from smp.service import SnapshotService
 
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 80 << 20
 MAX_WAIT_MS = 10 * 60 * 1000
-MAX_PIN_S = 24 * 3600
+MAX_PIN_S = 3600
 _POLL_MS = 200
 Reply = tuple[bytes, pb.Response]
 Status = Callable[[], pb.StatusResponse]
+Deferred = tuple[Future[Any], Callable[[Any, pb.Response], None]]
+Handler = Callable[[pb.Request, pb.Response], "Deferred | None"]
 
 
 class ControlServer:
     def __init__(
         self,
         service: SnapshotService,
-        replication: Replication,
+        crossnode: CrossNode,
         socket_path: str,
         status: Status,
+        registration: Callable[[], pb.RegisterResponse],
         executor: Executor,
     ) -> None:
         self._service = service
-        self._replication = replication
+        self._crossnode = crossnode
+        self._registration = registration
         self._executor = executor
         self._status = status
         self.socket_path = socket_path
@@ -61,6 +65,22 @@ class ControlServer:
         self._router: zmq.Socket[bytes] | None = None
         self._wake_pull: zmq.Socket[bytes] | None = None
         self._wake_push: zmq.Socket[bytes] | None = None
+        # The explicit dispatch table: request body field -> handler.
+        self._handlers: dict[str, Handler] = {
+            "register": self._on_register,
+            "begin_save": self._on_begin_save,
+            "commit_save": self._on_commit_save,
+            "abort_save": self._on_abort_save,
+            "list_steps": self._on_list_steps,
+            "open_snapshot": self._on_open_snapshot,
+            "wait_committed": self._on_wait_committed,
+            "status": self._on_status,
+            "configure": self._on_configure,
+            "save_ready": self._on_save_ready,
+            "rebuild": self._on_rebuild,
+            "pin": self._on_pin,
+            "forget": self._on_forget,
+        }
 
     def start(self) -> None:
         path = Path(self.socket_path)
@@ -181,13 +201,12 @@ class ControlServer:
                     "empty or unknown request: no known body field is set "
                     "(is the client newer than this SMP?)"
                 )
-            handler = getattr(self, f"_on_{kind}")
-            deferred = handler(request, response)
+            deferred = self._handlers[kind](request, response)
             if deferred is not None:
                 self._defer(identity, response, deferred)
                 return
         except SmpError as exc:
-            _set_error(response, exc)
+            _set_error(response.error, exc)
             logger.info(
                 "request %s from %s refused: %s",
                 request.WhichOneof("body"),
@@ -204,7 +223,7 @@ class ControlServer:
         self,
         identity: bytes,
         response: pb.Response,
-        deferred: tuple[Future[Any], Callable[[Any, pb.Response], None]],
+        deferred: Deferred,
     ) -> None:
         fut, fill = deferred
 
@@ -213,11 +232,11 @@ class ControlServer:
                 return
             exc = f.exception()
             if isinstance(exc, SmpError):
-                _set_error(response, exc)
+                _set_error(response.error, exc)
             elif exc is not None:
                 logger.error("deferred request failed: %r", exc)
                 response.error.code = pb.INTERNAL
-                response.error.message = f"internal error in the SMP: {exc!r}"
+                response.error.message = f"internal error in the SMP: {exc!r} (see its log)"
             else:
                 fill(f.result(), response)
             self._send_later(identity, response)
@@ -238,18 +257,14 @@ class ControlServer:
                 r.node_rank,
                 r.num_nodes,
                 r.pid,
+                r.session,
             ),
         )
-        st = self._status()
-        resp.register.smp_version = st.version
-        resp.register.grpc_address = st.grpc_address
-        resp.register.store_dir = st.store_dir
-        resp.register.codec_engine = st.codec_engine
-        resp.register.smp_pid = st.pid
+        resp.register.CopyFrom(self._registration())  # static: its cost does not grow with jobs
 
     def _on_begin_save(self, req: pb.Request, resp: pb.Response) -> None:
         b = req.begin_save
-        grant = self._service.begin_save(req.job_id, b.rank, b.step, b.nbytes)
+        grant = self._service.begin_save(req.job_id, b.rank, b.step, b.nbytes, b.session)
         resp.begin_save.slot = grant.slot
         resp.begin_save.generation = grant.generation
         resp.begin_save.path = grant.path
@@ -258,25 +273,26 @@ class ControlServer:
     def _on_commit_save(self, req: pb.Request, resp: pb.Response) -> None:
         c = req.commit_save
         self._service.commit_save(
-            req.job_id, c.rank, c.step, c.slot, c.generation, c.nbytes, c.manifest
+            req.job_id, c.rank, c.step, c.slot, c.generation, c.nbytes, c.manifest, c.session
         )
         resp.commit_save.SetInParent()
 
     def _on_abort_save(self, req: pb.Request, resp: pb.Response) -> None:
         a = req.abort_save
-        self._service.abort_save(req.job_id, a.rank, a.step, a.slot, a.generation, a.reason)
+        self._service.abort_save(
+            req.job_id, a.rank, a.step, a.slot, a.generation, a.reason, a.session
+        )
         resp.abort_save.SetInParent()
 
     def _on_list_steps(self, req: pb.Request, resp: pb.Response) -> None:
-        steps, committed = self._service.list_steps(req.job_id, req.list_steps.rank)
+        steps, committed, worlds = self._service.list_steps(req.job_id, req.list_steps.rank)
         resp.list_steps.complete_steps.extend(steps)
+        resp.list_steps.world_sizes.extend(worlds)
         if committed is not None:
             resp.list_steps.has_committed = True
             resp.list_steps.committed_step = committed
 
-    def _on_open_snapshot(
-        self, req: pb.Request, resp: pb.Response
-    ) -> tuple[Future[OpenedSnapshot], Callable[[OpenedSnapshot, pb.Response], None]]:
+    def _on_open_snapshot(self, req: pb.Request, resp: pb.Response) -> Deferred:
         o = req.open_snapshot
         fut = self._service.open_snapshot(req.job_id, o.rank, o.step, not o.skip_verify)
 
@@ -289,9 +305,7 @@ class ControlServer:
 
         return fut, fill
 
-    def _on_wait_committed(
-        self, req: pb.Request, resp: pb.Response
-    ) -> tuple[Future[CommitState], Callable[[CommitState, pb.Response], None]]:
+    def _on_wait_committed(self, req: pb.Request, resp: pb.Response) -> Deferred:
         w = req.wait_committed
         timeout_ms = min(w.timeout_ms, MAX_WAIT_MS)
         fut = self._service.wait_committed(req.job_id, w.step)
@@ -307,6 +321,7 @@ class ControlServer:
 
         def fill(state: CommitState, r: pb.Response) -> None:
             r.wait_committed.committed = state.committed
+            r.wait_committed.degraded = state.degraded
             if state.committed_step is not None:
                 r.wait_committed.has_committed = True
                 r.wait_committed.committed_step = state.committed_step
@@ -315,7 +330,8 @@ class ControlServer:
 
     def _on_configure(self, req: pb.Request, resp: pb.Response) -> None:
         c = req.configure
-        resp.configure.layout = self._replication.configure(
+        self._service.touch(req.job_id)
+        resp.configure.layout = self._crossnode.configure(
             req.job_id,
             c.node_rank,
             c.num_nodes,
@@ -327,16 +343,16 @@ class ControlServer:
         )
 
     def _on_save_ready(self, req: pb.Request, resp: pb.Response) -> None:
-        ready, pending = self._replication.save_ready(req.job_id)
+        ready, pending, failure = self._crossnode.save_ready(req.job_id)
         resp.save_ready.ready = ready and self._service.slots_free(req.job_id)
         if pending is not None:
             resp.save_ready.has_pending, resp.save_ready.pending_step = True, pending
+        if failure is not None:
+            _set_error(resp.save_ready.failure, failure)
 
-    def _on_rebuild(
-        self, req: pb.Request, resp: pb.Response
-    ) -> tuple[Future[RebuildResult], Callable[[RebuildResult, pb.Response], None]]:
+    def _on_rebuild(self, req: pb.Request, resp: pb.Response) -> Deferred:
         timeout = min(req.rebuild.timeout_ms, MAX_WAIT_MS) / 1000 or 300.0
-        fut = self._executor.submit(self._replication.rebuild, req.job_id, timeout)
+        fut = self._executor.submit(self._crossnode.rebuild, req.job_id, timeout)
 
         def fill(result: RebuildResult, r: pb.Response) -> None:
             r.rebuild.rebuilt, r.rebuild.seconds = result.rebuilt, result.seconds
@@ -352,10 +368,13 @@ class ControlServer:
         self._service.pin(req.job_id, p.rank, p.step, p.pinned, lease)
         resp.pin.SetInParent()
 
+    def _on_forget(self, req: pb.Request, resp: pb.Response) -> None:
+        resp.forget.freed_bytes = self._service.forget(req.job_id)
+
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
         resp.status.CopyFrom(self._status())
 
 
-def _set_error(response: pb.Response, exc: SmpError) -> None:
-    response.error.code = exc.code
-    response.error.message = str(exc)
+def _set_error(error: pb.Error, exc: SmpError) -> None:
+    error.code = pb.ErrorCode.Value(exc.code)  # type: ignore[assignment]
+    error.message = str(exc)

@@ -12,21 +12,52 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from smp import __version__, codec, report
 from smp._proto import control_pb2 as pb
+from smp.adoption import readopt
 from smp.config import ServeConfig, format_size
 from smp.control import ControlServer
+from smp.crossnode.coordinator import CrossNode
 from smp.errors import ConfigError
+from smp.jobs import EventSink, JobTable, ignore_events
+from smp.local import LocalSnapshots
 from smp.metrics import Metrics
 from smp.peer import PeerServer, PeerServicer
-from smp.replication import Replication
 from smp.service import SnapshotService
 from smp.store import Store
 from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """The SMP's domain objects, wired: the job table, the local service, the cross-node side's
+    view of it, and the cross-node coordinator."""
+
+    table: JobTable
+    service: SnapshotService
+    local: LocalSnapshots
+    crossnode: CrossNode
+
+
+def assemble(
+    store: Store,
+    executor: Executor,
+    codec_engine: str,
+    tls: PeerTls | None = None,
+    events: EventSink = ignore_events,
+    rpc_timeout: float = 60.0,
+) -> Parts:
+    table = JobTable(events)
+    service = SnapshotService(table, store, executor)
+    local = LocalSnapshots(table, store)
+    crossnode = CrossNode(local, codec_engine, rpc_timeout=rpc_timeout, tls=tls)
+    service.set_listener(crossnode)  # the one wire from the local side to the other
+    return Parts(table, service, local, crossnode)
 
 
 class Daemon:
@@ -38,7 +69,7 @@ class Daemon:
         self._stop_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-work")
         self._slow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-rebuild")
-        self.replication: Replication | None = None
+        self.crossnode: CrossNode | None = None
         self.store: Store | None = None
         self.control: ControlServer | None = None
         self.peer: PeerServer | None = None
@@ -47,7 +78,7 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.config
-        if socket_is_served(cfg.socket):
+        if report.served(cfg.socket) is not None:
             raise ConfigError(
                 f"another SMP is already serving {cfg.socket}: stop it first "
                 "(`smp status --socket ...` shows it) or choose another --socket"
@@ -58,15 +89,15 @@ class Daemon:
             raise ConfigError(f"--codec {cfg.codec}: {exc}") from exc
         self.engine = codec.describe_engine(cfg.codec)
         self.store = Store(cfg.store_dir, cfg.memory_limit)
-        service = SnapshotService(self.store, self._executor, events=self.metrics.observe)
-        kept = service.adopt(self.store.adopt_all())
-        if kept:
-            logger.info("re-adopted %d complete snapshots from %s", kept, cfg.store_dir)
         tls = PeerTls.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-        self.replication = Replication(service, cfg.codec, tls=tls)
-        servicer = PeerServicer(service, self.replication, self.node_id, self.engine)
+        parts = assemble(self.store, self._executor, cfg.codec, tls, self.metrics.observe)
+        service, self.crossnode = parts.service, parts.crossnode
+        readopt(self.store, parts.local, self.crossnode)
+        servicer = PeerServicer(self.crossnode, self.node_id, self.engine)
         self.peer = PeerServer(servicer, cfg.host, cfg.port, tls=tls)
-        self.control = ControlServer(service, self.replication, cfg.socket, self.status, self._slow)
+        self.control = ControlServer(
+            service, self.crossnode, cfg.socket, self.status, self.registration, self._slow
+        )
         self._service = service
         # Before the control socket: once it answers (readiness), metrics are served too.
         if cfg.metrics_port is not None:
@@ -93,6 +124,17 @@ class Daemon:
             self.engine,
         )
 
+    def registration(self) -> pb.RegisterResponse:
+        """What a registering rank is told (static: no per-job work)."""
+        assert self.store is not None and self.peer is not None
+        return pb.RegisterResponse(
+            smp_version=__version__,
+            grpc_address=self.peer.address,
+            store_dir=str(self.store.root),
+            codec_engine=self.engine,
+            smp_pid=os.getpid(),
+        )
+
     def status(self) -> pb.StatusResponse:
         assert self.store is not None and self.peer is not None
         now = time.time()
@@ -115,8 +157,10 @@ class Daemon:
                 num_nodes=job.num_nodes,
                 last_error=job.last_error,
                 protection=job.protection,
+                degraded=job.degraded,
+                idle_s=time.monotonic() - job.last_active,
             )
-            cluster = self.replication.status(job.job_id) if self.replication else None
+            cluster = self.crossnode.status(job.job_id) if self.crossnode else None
             if cluster is not None:
                 js.node_rank, js.parity_bytes = cluster.node, cluster.parity_bytes
                 js.group_members.extend(cluster.group_members)
@@ -156,21 +200,10 @@ class Daemon:
         self.metrics.close()
         if self.peer is not None:
             self.peer.stop(grace)
-        if self.replication is not None:
-            self.replication.close()
+        if self.crossnode is not None:
+            self.crossnode.close()
         self._slow.shutdown(wait=False, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
             self.store.close()
         logger.info("SMP stopped")
-
-
-def socket_is_served(path: str, timeout_ms: int = 500) -> bool:
-    """True when a live SMP answers a status request on `path`."""
-    if not os.path.exists(path):
-        return False
-    try:
-        report.fetch_status(path, timeout_ms / 1000)
-    except report.NotAnswering:
-        return False
-    return True

@@ -1,11 +1,14 @@
-"""Defaults and environment-variable names shared by the daemon and the trainer library.
+"""Names, limits and defaults shared by the daemon and the trainer library, in one place.
 
-Both sides must agree on where the local SMP listens, so the defaults live here, in one place.
+Both sides must agree on where the local SMP listens and what a job id may be, so the lookups
+live here: `socket_from` (flag, then environment, then the default) and `check_job_id`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 
 # Environment variables read by the trainer library (ecsnap).
 ENV_SOCKET = "ECSNAP_SOCKET"
@@ -16,26 +19,46 @@ ENV_PLACEMENT = "ECSNAP_PLACEMENT"
 DEFAULT_GROUP_SIZE = 4
 DEFAULT_PARITY = 1
 
-# Environment variables read by the daemon (`smp serve`); flags override them.
+# The daemon's own socket variable (its other settings are listed in smp.config.SETTINGS).
 ENV_SMP_SOCKET = "SMP_SOCKET"
-ENV_SMP_STORE_DIR = "SMP_STORE_DIR"
-ENV_SMP_HOST = "SMP_HOST"
-ENV_SMP_PORT = "SMP_PORT"
-ENV_SMP_MEMORY_LIMIT = "SMP_MEMORY_LIMIT"
-ENV_SMP_CODEC = "SMP_CODEC"
-ENV_SMP_LOG_LEVEL = "SMP_LOG_LEVEL"
+
+# Longest path a Unix socket accepts (sun_path is 108 bytes including the terminating NUL).
+MAX_SOCKET_PATH = 107
 
 # Bytes covered by one checksum. Small enough to localize corruption, large enough that the
 # per-chunk overhead is invisible (256 checksums per GiB).
 CHECKSUM_CHUNK = 4 << 20
 
-# Every tensor in an arena starts on this boundary (cache lines and most SIMD loads).
+# Every tensor span in an arena starts on this boundary (cache lines and most SIMD loads).
 TENSOR_ALIGN = 64
+
+# Job ids name directories: letters, digits, '.', '_' and '-', starting with a letter or digit.
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class InvalidJobId(ValueError):
+    """A job id that could escape the store or confuse a shell."""
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise InvalidJobId(
+            f"job id {job_id!r} is not valid: use 1-128 characters of letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return job_id
 
 
 def default_socket() -> str:
     """The local SMP's control socket when neither a flag nor an environment variable names one."""
     return f"/tmp/ecsnap-{os.getuid()}/smp.sock"
+
+
+def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The SMP's control socket: `explicit`, else $SMP_SOCKET, else $ECSNAP_SOCKET, else the
+    default. The daemon, its commands and the trainer library all resolve it this way."""
+    env = os.environ if env is None else env
+    return explicit or env.get(ENV_SMP_SOCKET) or env.get(ENV_SOCKET) or default_socket()
 
 
 def default_store_dir() -> str:

@@ -1,74 +1,99 @@
-"""Domain errors of the SMP. Each carries the wire error code the control server answers with.
+"""Domain errors of the SMP. Each names its error code; the servers translate codes to the wire
+(control.proto's ErrorCode, gRPC status codes) through one table each.
 
 Messages say what was wrong and what to do; the daemon keeps serving after any of them.
 """
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
-from smp._proto import control_pb2
-
-ErrorCode: TypeAlias = control_pb2.ErrorCode
-
 
 class SmpError(Exception):
     """Root of every error the daemon reports to a client."""
 
-    code: ErrorCode = control_pb2.INTERNAL
+    code = "INTERNAL"
 
 
 class BadRequest(SmpError):
-    code = control_pb2.BAD_REQUEST
+    code = "BAD_REQUEST"
 
 
 class NotFound(SmpError):
-    code = control_pb2.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class NotRegistered(SmpError):
-    code = control_pb2.NOT_REGISTERED
+    code = "NOT_REGISTERED"
 
 
 class MemoryLimitExceeded(SmpError):
-    code = control_pb2.MEMORY_LIMIT
+    code = "MEMORY_LIMIT"
 
 
 class StoreFull(SmpError):
-    code = control_pb2.STORE_FULL
+    code = "STORE_FULL"
 
 
 class ChecksumMismatch(SmpError):
-    code = control_pb2.CHECKSUM_MISMATCH
+    code = "CHECKSUM_MISMATCH"
 
 
 class Conflict(SmpError):
-    code = control_pb2.CONFLICT
+    code = "CONFLICT"
 
 
 class Busy(SmpError):
     """No slot may take a new step: each holds one that must be kept (committed or pinned)."""
 
-    code = control_pb2.BUSY
+    code = "BUSY"
 
 
 class Aborted(SmpError):
-    code = control_pb2.ABORTED
+    code = "ABORTED"
 
 
 class ConfigError(SmpError):
     """Invalid daemon settings, reported at start before anything binds."""
 
-    code = control_pb2.BAD_REQUEST
+    code = "BAD_REQUEST"
 
 
 class Unauthenticated(SmpError):
-    """A peer call without the job's secret (gRPC only)."""
+    """A request without the credential it needs (a peer call without the job's secret)."""
 
-    code = control_pb2.BAD_REQUEST
+    code = "UNAUTHENTICATED"
 
 
 class RebuildFailed(SmpError):
-    """Too many nodes of a group are gone (or their cells are corrupt) to rebuild a step."""
+    """Too many nodes of a group are gone, unreachable or corrupt to rebuild a step."""
 
-    code = control_pb2.NOT_FOUND
+    code = "REBUILD_FAILED"
+
+
+class Internal(SmpError):
+    """The SMP failed on its side (e.g. reading an arena); the message says what."""
+
+    code = "INTERNAL"
+
+
+_BY_CODE: dict[str, type[SmpError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        NotFound,
+        NotRegistered,
+        MemoryLimitExceeded,
+        StoreFull,
+        ChecksumMismatch,
+        Conflict,
+        Busy,
+        Aborted,
+        Unauthenticated,
+        RebuildFailed,
+        Internal,
+    )
+}
+
+
+def from_code(code: str, message: str) -> SmpError:
+    """The error a code names (as a peer reported it), Internal for an unknown code."""
+    return _BY_CODE.get(code, Internal)(message)

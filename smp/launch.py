@@ -29,22 +29,13 @@ from pathlib import Path
 
 from smp import defaults, report
 from smp._proto import control_pb2 as pb
+from smp.config import SETTINGS
 from smp.errors import ConfigError
 from smp.logs import tail
 
-# Launch option -> `smp serve` flag it is handed to when this launch starts the SMP.
-SERVE_OPTIONS = {
-    "--store-dir": "--store-dir",
-    "--memory-limit": "--memory-limit",
-    "--config": "--config",
-    "--metrics-port": "--metrics-port",
-    "--metrics-host": "--metrics-host",
-    "--smp-host": "--host",
-    "--smp-port": "--port",
-    "--codec": "--codec",
-    "--log-level": "--log-level",
-    "--log-format": "--log-format",
-}
+# Launch option -> `smp serve` flag it is handed to when this launch starts the SMP (from the
+# settings schema).
+SERVE_OPTIONS = {s.launch: s.flag for s in SETTINGS if s.launch is not None}
 LAUNCH_OPTIONS = {"--socket", "--job", "--smp-log", "--smp-timeout", "--torchrun", *SERVE_OPTIONS}
 
 # torchrun options that take no value (every other option takes one).
@@ -110,16 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "torch, else `torchrun` from PATH)",
     )
     g = p.add_argument_group("settings of an SMP this launch starts (ignored if one is running)")
-    g.add_argument("--store-dir")
-    g.add_argument("--memory-limit")
-    g.add_argument("--config", help="TOML or YAML settings file (see `smp serve --help`)")
-    g.add_argument("--metrics-port", help="Prometheus endpoint port (0: any free port)")
-    g.add_argument("--metrics-host")
-    g.add_argument("--smp-host", help="the SMP's gRPC bind address (`smp serve --host`)")
-    g.add_argument("--smp-port", help="the SMP's gRPC port (`smp serve --port`)")
-    g.add_argument("--codec", choices=["auto", "isal", "numpy"])
-    g.add_argument("--log-level")
-    g.add_argument("--log-format", choices=["text", "json"])
+    for s in SETTINGS:
+        if s.launch is not None:
+            g.add_argument(
+                s.launch,
+                dest=s.name,
+                choices=s.choices,
+                help=f"`smp serve {s.flag}`: {s.help}",
+            )
     return p
 
 
@@ -192,22 +181,10 @@ def job_id_for(explicit: str | None, env: Mapping[str, str], torchrun_args: Sequ
         stem = _JOB_CHARS.sub("-", name).strip("-._") or "job"
         digest = hashlib.sha256("\0".join(torchrun_args[at:]).encode()).hexdigest()[:8]
         job = f"{stem[:100]}-{digest}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job):
-        raise LaunchError(
-            f"job id {job!r} is not valid: use 1-128 characters of letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit (--job)"
-        )
-    return job
-
-
-def socket_for(explicit: str | None, env: Mapping[str, str]) -> str:
-    """Same resolution as `smp status`: --socket, $SMP_SOCKET, $ECSNAP_SOCKET, the default."""
-    return (
-        explicit
-        or env.get(defaults.ENV_SMP_SOCKET)
-        or env.get(defaults.ENV_SOCKET)
-        or defaults.default_socket()
-    )
+    try:
+        return defaults.check_job_id(job)
+    except defaults.InvalidJobId as exc:
+        raise LaunchError(f"{exc} (--job)") from None
 
 
 def torchrun_command(explicit: str | None) -> list[str]:
@@ -222,15 +199,6 @@ def torchrun_command(explicit: str | None) -> list[str]:
             "--torchrun"
         )
     return [found]
-
-
-def _served(socket: str, timeout_s: float) -> pb.StatusResponse | None:
-    if not os.path.exists(socket):
-        return None
-    try:
-        return report.fetch_status(socket, timeout_s)
-    except report.NotAnswering:
-        return None
 
 
 def alive(pid: int) -> bool:
@@ -259,7 +227,7 @@ def ensure_smp(
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(f"{socket}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        status = _served(socket, 1.0)
+        status = report.served(socket, 1.0)
         if status is not None:
             return status, False
         cmd = [sys.executable, "-m", "smp", "serve", "--socket", socket, *serve_args]
@@ -276,7 +244,7 @@ def ensure_smp(
         pid = int(out.stdout)
         deadline = time.monotonic() + timeout_s
         while True:
-            status = _served(socket, 0.5)
+            status = report.served(socket, 0.5)
             if status is not None:
                 return status, True
             if not alive(pid):
@@ -300,16 +268,19 @@ def launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     args = parser.parse_args(ours)
     if not torchrun_args:
         parser.error("nothing to run: give torchrun's options and the training script")
-    socket = socket_for(args.socket, env)
-    if len(socket.encode()) > 107:
-        raise ConfigError(f"socket path {socket!r} is longer than 107 bytes: choose a shorter one")
+    socket = defaults.socket_from(args.socket, env)
+    if len(socket.encode()) > defaults.MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"socket path {socket!r} is longer than {defaults.MAX_SOCKET_PATH} bytes: choose a "
+            "shorter one"
+        )
     job = job_id_for(args.job, env, torchrun_args)
     command = [*torchrun_command(args.torchrun), *torchrun_args]
     serve_args: list[str] = []
-    for option, flag in SERVE_OPTIONS.items():
-        value = getattr(args, option[2:].replace("-", "_"))
+    for s in SETTINGS:
+        value = getattr(args, s.name, None) if s.launch is not None else None
         if value is not None:
-            serve_args += [flag, str(value)]
+            serve_args += [s.flag, str(value)]
     log = Path(args.smp_log) if args.smp_log else Path(socket).parent / "smp.log"
     status, started = ensure_smp(socket, serve_args, log, args.smp_timeout)
     how = (
@@ -342,7 +313,7 @@ def _is_smp(pid: int) -> bool | None:
 
 def stop(socket: str, timeout_s: float) -> int:
     """`smp stop`: SIGTERM the SMP serving `socket` and wait until it has shut down in order."""
-    status = _served(socket, 2.0)
+    status = report.served(socket, 2.0)
     if status is None:
         print(f"smp stop: no SMP is serving {socket}; nothing to stop", file=sys.stderr)
         return 0

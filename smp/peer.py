@@ -14,46 +14,37 @@ from concurrent import futures
 from typing import NoReturn
 
 import grpc
-import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from smp import __version__
-from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
+from smp._proto import peer_pb2, peer_pb2_grpc
+from smp.crossnode.coordinator import CrossNode
 from smp.defaults import PEER_MAX_MESSAGE, PEER_PIECE, PEER_TOKEN_KEY
-from smp.errors import (
-    BadRequest,
-    ChecksumMismatch,
-    Conflict,
-    MemoryLimitExceeded,
-    NotFound,
-    NotRegistered,
-    SmpError,
-    StoreFull,
-    Unauthenticated,
-)
-from smp.replication import Replication
-from smp.service import SnapshotService
+from smp.errors import BadRequest, SmpError
 from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "ecsnap.v1.Peer"
 
-_CODES: list[tuple[type[SmpError], grpc.StatusCode]] = [
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (NotRegistered, grpc.StatusCode.NOT_FOUND),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (MemoryLimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ChecksumMismatch, grpc.StatusCode.DATA_LOSS),
-]
+# Domain error code -> gRPC status (anything else is INTERNAL).
+CODES: dict[str, grpc.StatusCode] = {
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "BAD_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "NOT_REGISTERED": grpc.StatusCode.NOT_FOUND,
+    "CONFLICT": grpc.StatusCode.FAILED_PRECONDITION,
+    "BUSY": grpc.StatusCode.FAILED_PRECONDITION,
+    "MEMORY_LIMIT": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "STORE_FULL": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "CHECKSUM_MISMATCH": grpc.StatusCode.DATA_LOSS,
+    "REBUILD_FAILED": grpc.StatusCode.FAILED_PRECONDITION,
+    "ABORTED": grpc.StatusCode.ABORTED,
+}
 
 
 def _abort(context: grpc.ServicerContext, exc: SmpError) -> NoReturn:
-    code = next((c for t, c in _CODES if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
-    context.abort(code, str(exc))
+    context.abort(CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -69,11 +60,10 @@ def _token(context: grpc.ServicerContext) -> str:
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(
-        self, service: SnapshotService, replication: Replication, node_id: str, engine: str
-    ) -> None:
-        self._service = service
-        self._replication = replication
+    """Translates the peer wire into calls on the cross-node coordinator, and errors back."""
+
+    def __init__(self, crossnode: CrossNode, node_id: str, engine: str) -> None:
+        self._crossnode = crossnode
         self._node_id = node_id
         self._engine = engine
         self.address = ""
@@ -81,13 +71,12 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
     def Info(
         self, request: peer_pb2.InfoRequest, context: grpc.ServicerContext
     ) -> peer_pb2.InfoResponse:
-        known = {job.job_id for job in self._service.jobs()}
         return peer_pb2.InfoResponse(
             smp_version=__version__,
             node_id=self._node_id,
             grpc_address=self.address,
             codec_engine=self._engine,
-            knows_job=request.job_id in known,
+            knows_job=self._crossnode.member(request.job_id) is not None,
         )
 
     def PushChunk(
@@ -98,33 +87,15 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             if first is None or not first.HasField("header"):
                 raise BadRequest("a chunk stream must start with its header")
             h = first.header
-            self._replication.authorize(h.job_id, _token(context))
-            holder, cell, epoch = self._replication.parity_begin(
-                h.job_id, h.step, h.stripe, h.from_node, h.length, h.manifest
+            sink = self._crossnode.open_chunk(
+                h.job_id, _token(context), h.step, h.stripe, h.from_node, h.length, h.manifest
             )
-            hasher, offset = xxhash.xxh3_64(), 0
             for req in request_iterator:
                 part = req.WhichOneof("part")
                 if part == "data":
-                    holder.accumulate(cell, epoch, h.step, h.from_node, offset, req.data)
-                    hasher.update(req.data)
-                    offset += len(req.data)
+                    sink.write(req.data)
                 elif part == "checksum":
-                    if offset != h.length:
-                        raise BadRequest(
-                            f"chunk of node {h.from_node} ended after {offset} of {h.length} bytes"
-                        )
-                    if hasher.intdigest() != req.checksum:
-                        raise ChecksumMismatch(
-                            f"chunk of node {h.from_node} for stripe "
-                            f"{h.stripe} of step {h.step} arrived corrupted"
-                        )
-                    digest = snapshot_pb2.ChunkDigest(
-                        stripe=h.stripe, length=h.length, checksum=req.checksum
-                    )
-                    self._replication.parity_finish(
-                        h.job_id, holder, cell, epoch, h.step, h.from_node, digest
-                    )
+                    self._crossnode.close_chunk(h.job_id, sink, req.checksum)
                     return peer_pb2.PushChunkResponse()
                 else:
                     raise BadRequest("a chunk stream may carry one header only")
@@ -136,18 +107,30 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self, request: peer_pb2.ProtectedRequest, context: grpc.ServicerContext
     ) -> peer_pb2.ProtectedResponse:
         try:
-            self._replication.authorize(request.job_id, _token(context))
-            self._replication.peer_protected(request.job_id, request.node, request.step)
+            self._crossnode.authorize(request.job_id, _token(context))
+            self._crossnode.peer_protected(request.job_id, request.node, request.step)
         except SmpError as exc:
             _abort(context, exc)
         return peer_pb2.ProtectedResponse()
+
+    def StepFailed(
+        self, request: peer_pb2.StepFailedRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.StepFailedResponse:
+        try:
+            self._crossnode.authorize(request.job_id, _token(context))
+            self._crossnode.peer_failed(
+                request.job_id, request.node, request.step, request.code, request.message
+            )
+        except SmpError as exc:
+            _abort(context, exc)
+        return peer_pb2.StepFailedResponse()
 
     def JobState(
         self, request: peer_pb2.JobStateRequest, context: grpc.ServicerContext
     ) -> peer_pb2.JobStateResponse:
         try:
-            self._replication.authorize(request.job_id, _token(context))
-            committed, manifests = self._replication.job_state(request.job_id)
+            self._crossnode.authorize(request.job_id, _token(context))
+            committed, manifests = self._crossnode.job_state(request.job_id)
         except SmpError as exc:
             _abort(context, exc)
         response = peer_pb2.JobStateResponse(manifests=manifests)
@@ -159,14 +142,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self, request: peer_pb2.FetchCellRequest, context: grpc.ServicerContext
     ) -> Iterator[peer_pb2.FetchCellResponse]:
         try:
-            self._replication.authorize(request.job_id, _token(context))
-            checksum, parts = self._replication.cell_source(
+            self._crossnode.authorize(request.job_id, _token(context))
+            digest, parts = self._crossnode.cell_source(
                 request.job_id, request.step, request.stripe
             )
         except SmpError as exc:
             _abort(context, exc)
         yield peer_pb2.FetchCellResponse(
-            header=peer_pb2.CellHeader(length=sum(len(p) for p in parts), checksum=checksum)
+            header=peer_pb2.CellHeader(length=sum(len(p) for p in parts), checksum=digest)
         )
         for part in parts:
             for at in range(0, len(part), PEER_PIECE):

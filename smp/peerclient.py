@@ -38,6 +38,17 @@ class PeerClient:
             metadata=self.metadata,
         )
 
+    def step_failed(
+        self, job_id: str, node: int, step: int, code: str, message: str, timeout: float
+    ) -> None:
+        self.stub.StepFailed(
+            peer_pb2.StepFailedRequest(
+                job_id=job_id, node=node, step=step, code=code, message=message
+            ),
+            timeout=timeout,
+            metadata=self.metadata,
+        )
+
     def job_state(self, job_id: str, timeout: float) -> peer_pb2.JobStateResponse:
         response: peer_pb2.JobStateResponse = self.stub.JobState(
             peer_pb2.JobStateRequest(job_id=job_id), timeout=timeout, metadata=self.metadata

@@ -7,6 +7,7 @@ SMP), and the standard `grpc.health.v1` service on the peer port says SERVING (p
 from __future__ import annotations
 
 import json
+import os
 
 import grpc
 import zmq
@@ -22,12 +23,13 @@ class NotAnswering(Exception):
     """The SMP did not answer on its socket."""
 
 
-def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
+def _ask(socket_path: str, request: pb.Request, timeout_s: float) -> pb.Response:
+    """One request on a fresh socket (the daemon's own commands; trainers use ecsnap's client)."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"ipc://{socket_path}")
-        sock.send(pb.Request(request_id=1, status=pb.StatusRequest()).SerializeToString())
+        sock.send(request.SerializeToString())
         if not sock.poll(int(timeout_s * 1000)):
             raise NotAnswering(
                 f"no SMP answered on {socket_path} within {timeout_s:g}s: is `smp serve` running "
@@ -37,9 +39,29 @@ def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
         resp.ParseFromString(sock.recv())
         if resp.HasField("error"):
             raise NotAnswering(f"the SMP on {socket_path} refused: {resp.error.message}")
-        return resp.status
+        return resp
     finally:
         sock.close(linger=0)
+
+
+def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
+    return _ask(socket_path, pb.Request(request_id=1, status=pb.StatusRequest()), timeout_s).status
+
+
+def served(socket_path: str, timeout_s: float = 0.5) -> pb.StatusResponse | None:
+    """The status of the SMP serving `socket_path`, or None when none answers (liveness)."""
+    if not os.path.exists(socket_path):
+        return None
+    try:
+        return fetch_status(socket_path, timeout_s)
+    except NotAnswering:
+        return None
+
+
+def forget(socket_path: str, job_id: str, timeout_s: float = 30.0) -> int:
+    """Ask the SMP to forget a job; the bytes it freed."""
+    request = pb.Request(request_id=1, job_id=job_id, forget=pb.ForgetRequest())
+    return int(_ask(socket_path, request, timeout_s).forget.freed_bytes)
 
 
 SERVING = "SERVING"
@@ -137,6 +159,8 @@ def render(status: pb.StatusResponse, health: str | None = None) -> str:
         if cluster is not None:
             lines.append(cluster)
         lines.append(f"      protects against: {job.protection}")
+        if job.degraded:
+            lines.append(f"      DEGRADED: {job.degraded}")
         if job.last_error:
             lines.append(f"      last error: {job.last_error}")
     return "\n".join(lines)

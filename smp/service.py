@@ -1,45 +1,36 @@
-"""The SMP's bookkeeping: jobs, ranks, double-buffered slots, and when a step is committed.
+"""The SMP's local snapshots, as the control server serves them: registration, saves (slots,
+checksums), restores (verification), pins, commit waits, forgetting a job.
 
-Slot rule (the invariant everything else leans on): a rank has two slots. A new save never goes
-into the slot holding the job's committed step (or, before anything is committed, the rank's newest
-complete step); it takes the other one. So the last snapshot every rank can restore is never
-overwritten by the one in progress.
-
-A step is complete on a rank once the rank committed its bytes and the SMP checksummed them; it is
-committed once complete on every rank of the job this SMP serves. Slow work (checksums) runs on an
-executor and is reported through futures; this module knows nothing of zmq or gRPC.
+A step is complete on a rank once the rank committed its bytes and the SMP checksummed them; when
+it is committed is decided in `commits`. Slow work (checksums) runs on an executor and is reported
+through futures. The cross-node side hears of saves through a `SnapshotListener` and sees the
+snapshots through `local.LocalSnapshots`; this module imports nothing of it, of zmq or of gRPC.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
-from dataclasses import replace
-from threading import RLock
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from smp import checksum
-from smp._proto import snapshot_pb2
+from smp import checksum, commits, slots
 from smp.config import format_size
+from smp.defaults import InvalidJobId, check_job_id
 from smp.errors import (
     Aborted,
     BadRequest,
-    Busy,
     ChecksumMismatch,
-    Conflict,
+    Internal,
     NotFound,
-    NotRegistered,
     SmpError,
 )
 from smp.jobs import (
-    _ABORTS_KEPT,
     MAX_MANIFEST,
     MAX_SNAPSHOT,
-    SLOTS_PER_RANK,
     CommitState,
     Job,
+    JobTable,
     OpenedSnapshot,
     RankInfo,
     RankState,
@@ -47,41 +38,51 @@ from smp.jobs import (
     SlotGrant,
     SlotState,
 )
-from smp.store import AdoptedSlot, Arena, Store, check_job_id
-
-if TYPE_CHECKING:
-    from smp.replication import Replication
+from smp.store import Arena, Store
 
 logger = logging.getLogger(__name__)
 
-# Observer of service events: (event, job id, value). Events and values:
-#   "snapshot_saved" (bytes of a rank's step, once checksummed), "snapshot_committed" (seconds
-#   from the step's first begin_save to its commit), "save_aborted" (1), "save_refused" (1: memory
-#   limit, full store), "checksum_failure" (1). Called with the service lock held: a sink must
-#   be quick and must not call back into the service.
-EventSink = Callable[[str, str, float], None]
+
+class SnapshotListener(Protocol):
+    """What the cross-node side hears of local saves (called without the service lock)."""
+
+    def on_begin(self, job_id: str, step: int) -> None: ...
+    def on_rank_complete(self, job_id: str, step: int) -> None: ...
+    def on_rewind(self, job_id: str, step: int) -> None: ...
+    def on_forget(self, job_id: str) -> None: ...
 
 
-def _ignore(event: str, job_id: str, value: float) -> None:
-    del event, job_id, value
+def valid_job_id(job_id: str) -> str:
+    try:
+        return check_job_id(job_id)
+    except InvalidJobId as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class SnapshotService:
-    def __init__(self, store: Store, executor: Executor, events: EventSink = _ignore) -> None:
+    def __init__(self, table: JobTable, store: Store, executor: Executor) -> None:
         self.store = store
         self._executor = executor
-        self._events = events
-        self._lock = RLock()
-        self._jobs: dict[str, Job] = {}
-        self.replication: Replication | None = None  # set for multi-node protection
+        self._table = table
+        self._events = table.events
+        self._lock = table.lock
+        self._jobs = table.jobs
+        self._listener: SnapshotListener | None = None
+
+    def set_listener(self, listener: SnapshotListener) -> None:
+        """Wired once by the daemon: the cross-node coordinator of a multi-node SMP."""
+        self._listener = listener
 
     def emit(self, event: str, job_id: str, value: float) -> None:
         self._events(event, job_id, value)
 
+    def _job(self, job_id: str) -> Job | None:
+        return self._table.get(job_id)
+
     # -- registration -------------------------------------------------------------------------
 
     def register(self, job_id: str, info: RankInfo) -> None:
-        check_job_id(job_id)
+        valid_job_id(job_id)
         if info.world_size < 1 or info.rank >= info.world_size:
             raise BadRequest(f"rank {info.rank} is not within world size {info.world_size}")
         if info.local_world_size < 1 or info.local_rank >= info.local_world_size:
@@ -93,6 +94,7 @@ class SnapshotService:
             raise BadRequest(f"node {info.node_rank} is not within {info.num_nodes} nodes")
         with self._lock:
             job = self._jobs.setdefault(job_id, Job(job_id))
+            job.last_active = time.monotonic()
             if job.world_size and job.world_size != info.world_size:
                 logger.warning(
                     "job %s: world size changed from %d to %d",
@@ -104,12 +106,9 @@ class SnapshotService:
             job.local_world_size = info.local_world_size
             job.num_nodes = info.num_nodes
             state = job.ranks.setdefault(info.rank, RankState(info.rank))
-            if state.pid != info.pid:  # a new process for the rank: its pins died with the old
-                for slot in state.slots:
-                    slot.pinned_until = 0.0
-            state.local_rank, state.pid = info.local_rank, info.pid
-            resolved = self._update_commit(job)
-        _resolve(resolved)
+            state.local_rank, state.pid, state.session = info.local_rank, info.pid, info.session
+            resolved = [] if job.clustered else commits.update(job, self._events)
+        commits.resolve(resolved)
         logger.info(
             "job %s: rank %d registered (pid %d, local %d/%d, node %d/%d)",
             job_id,
@@ -121,35 +120,33 @@ class SnapshotService:
             info.num_nodes,
         )
 
-    def _rank(self, job_id: str, rank: int) -> tuple[Job, RankState]:
-        job = self._jobs.get(job_id)
-        if job is None or rank not in job.ranks or not job.world_size:
-            raise NotRegistered(
-                f"rank {rank} of job {job_id!r} has not registered with this SMP (was the SMP "
-                "restarted?): register again"
-            )
-        return job, job.ranks[rank]
-
-    @staticmethod
-    def _slot(state: RankState, index: int) -> Slot:
-        if not 0 <= index < SLOTS_PER_RANK:
-            raise BadRequest(f"slot {index} is out of range: slots are 0..{SLOTS_PER_RANK - 1}")
-        return state.slots[index]
-
     # -- save ---------------------------------------------------------------------------------
 
-    def begin_save(self, job_id: str, rank: int, step: int, nbytes: int) -> SlotGrant:
+    def begin_save(
+        self, job_id: str, rank: int, step: int, nbytes: int, session: int = 0
+    ) -> SlotGrant:
         if not 0 < nbytes <= MAX_SNAPSHOT:
             raise BadRequest(f"snapshot size {nbytes} is out of range 1..{MAX_SNAPSHOT}")
+        rewound = False
         with self._lock:
-            job, state = self._rank(job_id, rank)
-            slot = self._target_slot(job, state)
+            job = self._job(job_id)
+            state = slots.rank_of(job, job_id, rank)
+            assert job is not None  # rank_of checked it
+            slots.check_session(state, job_id, session)
+            held = [s.step for s in state.slots if s.state is SlotState.COMPLETE]
+            if (held and step <= max(held)) or (
+                job.committed is not None and step <= job.committed
+            ):
+                self._rewind(job, state, step)
+                rewound = True
+            slot = slots.target_slot(job, state)
             context = f"saving step {step} of job {job_id!r} rank {rank} ({format_size(nbytes)})"
             # Allocation may replace the arena file: do it before touching the slot's state so
             # that a refusal (memory limit, full store) leaves everything stored as it was.
             try:
                 path = self.store.arena_path(job_id, rank, slot.index)
-                arena = self.store.allocate(path, nbytes, slot.arena, context)
+                fresh = slots.writer_may_linger(slot, session)
+                arena = self.store.allocate(path, nbytes, slot.arena, context, fresh=fresh)
             except SmpError:
                 self._events("save_refused", job_id, 1)
                 raise
@@ -157,53 +154,36 @@ class SnapshotService:
             if slot.arena is not None and arena is slot.arena:
                 self.store.drop_record(arena)  # its bytes are about to be overwritten
             slot.arena = arena
+            slot.clear()
             slot.state, slot.step, slot.nbytes = SlotState.WRITING, step, nbytes
             slot.generation += 1
-            slot.manifest, slot.checksums = b"", None
-            if self.replication is not None:
-                self.replication.on_begin(job_id, step)
-            return SlotGrant(slot.index, slot.generation, str(arena.path), arena.capacity)
+            slot.writer, slot.world_size = (session, state.pid), job.world_size
+            grant = SlotGrant(slot.index, slot.generation, str(arena.path), arena.capacity)
+        if self._listener is not None:
+            if rewound:
+                self._listener.on_rewind(job_id, step)
+            self._listener.on_begin(job_id, step)
+        return grant
 
-    @staticmethod
-    def _free_slots(job: Job, state: RankState) -> list[Slot]:
-        """Slots a new save may take: not the one to keep, not a pinned one."""
-        complete = [s for s in state.slots if s.state is SlotState.COMPLETE]
-        keep = next((s for s in complete if s.step == job.committed), None)
-        if keep is None and complete:
-            keep = max(complete, key=lambda s: s.step)
-        now = time.monotonic()
-        return [s for s in state.slots if s is not keep and not s.pinned(now)]
-
-    def _target_slot(self, job: Job, state: RankState) -> Slot:
-        free = self._free_slots(job, state)
-        if not free:
-            raise Busy(
-                f"rank {state.rank} of job {job.job_id!r} has no free slot: one holds the step "
-                "to keep, the other a step an export is reading (pinned); saves are skipped "
-                "until the export finished"
-            )
-        # Prefer an empty slot, then the oldest step: a stale in-progress save is taken over.
-        return min(free, key=lambda s: (s.state is not SlotState.EMPTY, s.step))
-
-    def slots_free(self, job_id: str) -> bool:
-        """Every local rank of the job has a slot a new save may take."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return job is None or all(self._free_slots(job, r) for r in job.ranks.values())
-
-    def pin(self, job_id: str, rank: int, step: int, pinned: bool, lease_s: float) -> None:
-        """Keep the slot holding `step` from being reused (an export reads it), or release it."""
-        with self._lock:
-            _, state = self._rank(job_id, rank)
-            slot = next(
-                (x for x in state.slots if x.state is SlotState.COMPLETE and x.step == step),
-                None,
-            )
-            if slot is None:
-                if not pinned:
-                    return  # nothing to release: the step is gone already
-                raise NotFound(f"rank {rank} of job {job_id!r} holds no complete step {step}")
-            slot.pinned_until = time.monotonic() + lease_s if pinned else 0.0
+    def _rewind(self, job: Job, state: RankState, step: int) -> None:
+        """`step` is not newer than what the rank holds: the job went back (restarted from an
+        older state). A new timeline: this rank's snapshots of `step` and later are dropped, so
+        two different states never carry the same step number."""
+        dropped = []
+        for s in state.slots:
+            if s.state is not SlotState.EMPTY and s.step >= step and s.arena is not None:
+                self.store.drop_record(s.arena)
+                dropped.append(s.step)
+                s.clear()
+        commits.rewind(job, step)
+        logger.warning(
+            "job %s rank %d: saving step %d, not newer than what it holds: a new timeline; its "
+            "snapshots of steps %s are dropped",
+            job.job_id,
+            state.rank,
+            step,
+            sorted(dropped) or "(none)",
+        )
 
     def commit_save(
         self,
@@ -214,11 +194,13 @@ class SnapshotService:
         generation: int,
         nbytes: int,
         manifest: bytes,
+        session: int = 0,
     ) -> None:
         with self._lock:
-            _, state = self._rank(job_id, rank)
-            slot = self._slot(state, slot_index)
-            self._check_writer(slot, rank, step, generation)
+            state = slots.rank_of(self._job(job_id), job_id, rank)
+            slots.check_session(state, job_id, session)
+            slot = slots.slot_at(state, slot_index)
+            slots.check_writer(slot, rank, step, generation)
             if not 0 < nbytes <= (slot.arena.capacity if slot.arena else 0):
                 raise BadRequest(
                     f"commit of {nbytes} bytes does not fit slot {slot_index} "
@@ -229,213 +211,109 @@ class SnapshotService:
             slot.state, slot.nbytes, slot.manifest = SlotState.VERIFYING, nbytes, manifest
         self._executor.submit(self._finish_commit, job_id, rank, slot, generation)
 
-    @staticmethod
-    def _check_writer(slot: Slot, rank: int, step: int, generation: int) -> None:
-        if slot.generation != generation or slot.state is not SlotState.WRITING:
-            raise Conflict(
-                f"slot {slot.index} of rank {rank} is no longer yours (generation {generation}, "
-                f"now {slot.generation}, {slot.state.name}): the save of step {step} was "
-                "superseded; start a new save"
-            )
-        if slot.step != step:
-            raise BadRequest(f"slot {slot.index} was granted for step {slot.step}, not {step}")
-
     def _finish_commit(self, job_id: str, rank: int, slot: Slot, generation: int) -> None:
         try:
-            arena = slot.arena
-            if arena is None:
-                return
-            sums = checksum.compute(arena.view(slot.nbytes))
-        except Exception:
-            logger.exception(
-                "job %s rank %d: checksumming slot %d failed", job_id, rank, slot.index
-            )
+            if slot.arena is None:
+                raise Internal("the slot lost its arena")
+            sums = checksum.compute(slot.arena.view(slot.nbytes))
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if (
+                    job is None
+                    or slot.generation != generation
+                    or slot.state is not SlotState.VERIFYING
+                ):
+                    return  # superseded while we were hashing
+                slot.state, slot.checksums, slot.completed_at = (
+                    SlotState.COMPLETE,
+                    sums,
+                    time.time(),
+                )
+                self.store.write_record(slot.arena, slots.record(job_id, rank, slot))
+                resolved = [] if job.clustered else commits.update(job, self._events)
+                step = slot.step
+        except Exception as exc:
+            logger.exception("job %s rank %d: finishing the save failed", job_id, rank)
+            self._fail_slot(job_id, rank, slot, generation, exc)
             return
+        self._events("snapshot_saved", job_id, slot.nbytes)
+        commits.resolve(resolved)
+        if self._listener is not None:
+            self._listener.on_rank_complete(job_id, step)
+        logger.debug("job %s rank %d: step %d complete in slot %d", job_id, rank, step, slot.index)
+
+    def _fail_slot(
+        self, job_id: str, rank: int, slot: Slot, generation: int, exc: Exception
+    ) -> None:
+        """A commit that cannot finish frees its slot and fails the step (never a stuck slot)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if (
-                job is None
-                or slot.generation != generation
-                or slot.state is not SlotState.VERIFYING
-            ):
-                return  # superseded while we were hashing
-            slot.state, slot.checksums, slot.completed_at = SlotState.COMPLETE, sums, time.time()
-            self.store.write_record(arena, self._record(job_id, rank, slot, sums))
-            resolved = self._update_commit(job)
-        self._events("snapshot_saved", job_id, slot.nbytes)
-        _resolve(resolved)
-        if self.replication is not None:
-            self.replication.on_rank_complete(job_id, slot.step)
-            self.replication.check_protected(job_id, slot.step)
-        logger.debug(
-            "job %s rank %d: step %d complete in slot %d", job_id, rank, slot.step, slot.index
-        )
-
-    @staticmethod
-    def _record(
-        job_id: str, rank: int, slot: Slot, sums: checksum.Checksums
-    ) -> snapshot_pb2.SlotRecord:
-        return snapshot_pb2.SlotRecord(
-            job_id=job_id,
-            rank=rank,
-            slot=slot.index,
-            step=slot.step,
-            nbytes=slot.nbytes,
-            manifest=slot.manifest,
-            checksums=sums.to_proto(),
-            completed_unix=slot.completed_at,
-        )
+            if job is None or slot.generation != generation:
+                return
+            step = slot.step
+            slot.clear()
+            error = Internal(f"rank {rank} could not finish step {step} on this SMP: {exc}")
+            resolved = commits.fail(job, step, error)
+            self._events("save_aborted", job_id, 1)
+        commits.resolve(resolved)
 
     def abort_save(
-        self, job_id: str, rank: int, step: int, slot_index: int, generation: int, reason: str
+        self,
+        job_id: str,
+        rank: int,
+        step: int,
+        slot_index: int,
+        generation: int,
+        reason: str,
+        session: int = 0,
     ) -> None:
         with self._lock:
-            job, state = self._rank(job_id, rank)
-            slot = self._slot(state, slot_index)
-            self._check_writer(slot, rank, step, generation)
-            slot.state = SlotState.EMPTY
+            job = self._job(job_id)
+            state = slots.rank_of(job, job_id, rank)
+            assert job is not None
+            slots.check_session(state, job_id, session)
+            slot = slots.slot_at(state, slot_index)
+            slots.check_writer(slot, rank, step, generation)
+            slot.clear()
             message = f"rank {rank} abandoned step {step}: {reason[:500]}"
-            job.aborted[step] = job.last_error = message
-            while len(job.aborted) > _ABORTS_KEPT:
-                del job.aborted[min(job.aborted)]
-            failed = [(s, f) for s, f in job.waiters if s == step]
-            job.waiters = [(s, f) for s, f in job.waiters if s != step]
+            resolved = commits.fail(job, step, Aborted(message))
         logger.warning("job %s: %s", job_id, message)
         self._events("save_aborted", job_id, 1)
-        for _, fut in failed:
-            if not fut.done():
-                fut.set_exception(Aborted(message))
+        commits.resolve(resolved)
+
+    def pin(self, job_id: str, rank: int, step: int, pinned: bool, lease_s: float) -> None:
+        """Keep the slot holding `step` from being reused (an export reads it), or release it."""
+        with self._lock:
+            job = self._job(job_id)
+            state = job.ranks.get(rank) if job is not None else None
+            slot = state.complete(step) if state is not None else None
+            if slot is None:
+                if not pinned:
+                    return  # nothing to release: the step is gone already
+                raise NotFound(f"rank {rank} of job {job_id!r} holds no complete step {step}")
+            slot.pinned_until = time.monotonic() + lease_s if pinned else 0.0
+
+    def slots_free(self, job_id: str) -> bool:
+        """Every local rank of the job has a slot a new save may take."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is None or all(slots.free_slots(job, r) for r in job.ranks.values())
 
     # -- commit -------------------------------------------------------------------------------
 
-    def _update_commit(self, job: Job) -> list[tuple[Future[CommitState], CommitState]]:
-        """Recompute the committed step; return the waiters it satisfies (resolve unlocked).
-
-        For jobs protected across nodes the commit comes from the peers instead (commit_to).
-        """
-        if job.clustered:
-            return []
-        expected = job.world_size if job.num_nodes <= 1 else job.local_world_size
-        if not job.ranks or (expected and len(job.ranks) < expected):
-            return []
-        common: set[int] | None = None
-        for state in job.ranks.values():
-            steps = state.complete_steps()
-            common = steps if common is None else common & steps
-        newest = max(common) if common else None
-        if newest is None or newest == job.committed:
-            return []
-        return self._commit(job, newest)
-
-    def _commit(self, job: Job, step: int) -> list[tuple[Future[CommitState], CommitState]]:
-        """Record `step` as the job's committed step (lock held); return the satisfied waiters."""
-        job.committed, job.committed_at = step, time.time()
-        started = job.started.get(step)
-        job.started = {s: t for s, t in job.started.items() if s > step}
-        if started is not None:
-            self._events("snapshot_committed", job.job_id, time.monotonic() - started)
-        state_now = CommitState(True, step)
-        done = [(f, state_now) for s, f in job.waiters if s <= step]
-        job.waiters = [(s, f) for s, f in job.waiters if s > step]
-        return done
-
-    # -- hooks for replication across nodes -----------------------------------------------------
-
-    def set_clustered(self, job_id: str, clustered: bool, layout: str) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise NotRegistered(f"job {job_id!r} has no registered rank on this SMP")
-            job.clustered, job.layout = clustered, layout
-
-    def committed(self, job_id: str) -> int | None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return job.committed if job is not None else None
-
-    def node_parts(
-        self, job_id: str, step: int
-    ) -> tuple[list[memoryview], list[snapshot_pb2.SlotRecord]] | None:
-        """This node's blob for `step` (its ranks' slots in rank order), if all ranks have it."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or len(job.ranks) < max(job.local_world_size, 1):
-                return None
-            parts, records = [], []
-            for rank in sorted(job.ranks):
-                slot = next(
-                    (
-                        x
-                        for x in job.ranks[rank].slots
-                        if x.state is SlotState.COMPLETE and x.step == step
-                    ),
-                    None,
-                )
-                if slot is None or slot.arena is None or slot.checksums is None:
-                    return None
-                parts.append(slot.arena.view(slot.nbytes))
-                records.append(self._record(job_id, rank, slot, slot.checksums))
-            return parts, records
-
-    def commit_to(self, job_id: str, step: int) -> bool:
-        """Record `step` as committed by every node; False if nothing changed."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or (job.committed is not None and step <= job.committed):
-                return False
-            done = self._commit(job, step)
-        _resolve(done)
-        return True
-
-    def install(
-        self, job_id: str, step: int, records: list[snapshot_pb2.SlotRecord], blob: memoryview
-    ) -> None:
-        """Put a rebuilt node's slots in place, checking every chunk checksum first."""
-        offset = 0
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise NotRegistered(f"job {job_id!r} has no registered rank on this SMP")
-            for rec in sorted(records, key=lambda r: r.rank):
-                data = blob[offset : offset + rec.nbytes]
-                offset += rec.nbytes
-                expected = checksum.Checksums.from_proto(rec.checksums)
-                if checksum.mismatches(data, expected):
-                    raise ChecksumMismatch(
-                        f"rebuilt step {step} of job {job_id!r} rank "
-                        f"{rec.rank} does not match its checksums"
-                    )
-                state = job.ranks.setdefault(rec.rank, RankState(rec.rank))
-                slot = self._target_slot(job, state)
-                path = self.store.arena_path(job_id, rec.rank, slot.index)
-                context = f"rebuilding step {step} of job {job_id!r} rank {rec.rank}"
-                slot.arena = self.store.allocate(path, rec.nbytes, slot.arena, context)
-                slot.arena.view(rec.nbytes)[:] = data
-                slot.generation += 1
-                slot.state, slot.step, slot.nbytes = SlotState.COMPLETE, step, rec.nbytes
-                slot.manifest, slot.checksums = rec.manifest, expected
-                slot.completed_at = time.time()
-                self.store.write_record(slot.arena, self._record(job_id, rec.rank, slot, expected))
-
     def wait_committed(self, job_id: str, step: int) -> Future[CommitState]:
-        fut: Future[CommitState] = Future()
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._job(job_id)
             if job is None:
                 raise NotFound(f"job {job_id!r} is unknown to this SMP")
-            if job.committed is not None and job.committed >= step:
-                fut.set_result(CommitState(True, job.committed))
-            elif step in job.aborted:
-                fut.set_exception(Aborted(job.aborted[step]))
-            else:
-                job.waiters.append((step, fut))
-        return fut
+            return commits.wait(job, step)
 
     def commit_state(self, job_id: str) -> CommitState:
         with self._lock:
             job = self._jobs.get(job_id)
-            committed = job.committed if job is not None else None
-            return CommitState(False, committed)
+            if job is None:
+                return CommitState(False, None)
+            return CommitState(False, job.committed, job.degraded)
 
     def cancel_wait(self, job_id: str, fut: Future[CommitState]) -> None:
         with self._lock:
@@ -445,27 +323,26 @@ class SnapshotService:
 
     # -- restore ------------------------------------------------------------------------------
 
-    def list_steps(self, job_id: str, rank: int) -> tuple[list[int], int | None]:
+    def list_steps(self, job_id: str, rank: int) -> tuple[list[int], int | None, list[int]]:
+        """(complete steps newest first, the job's committed step, world size of each step)."""
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._job(job_id)
             if job is None or rank not in job.ranks:
-                return [], None
-            return sorted(job.ranks[rank].complete_steps(), reverse=True), job.committed
+                return [], None, []
+            held = sorted(
+                (s for s in job.ranks[rank].slots if s.state is SlotState.COMPLETE),
+                key=lambda s: s.step,
+                reverse=True,
+            )
+            return [s.step for s in held], job.committed, [s.world_size for s in held]
 
     def open_snapshot(
         self, job_id: str, rank: int, step: int, verify: bool = True
     ) -> Future[OpenedSnapshot]:
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._job(job_id)
             state = job.ranks.get(rank) if job is not None else None
-            slot = (
-                next(
-                    (s for s in state.slots if s.state is SlotState.COMPLETE and s.step == step),
-                    None,
-                )
-                if state is not None
-                else None
-            )
+            slot = state.complete(step) if state is not None else None
             if state is None or slot is None or slot.arena is None:
                 held = sorted(state.complete_steps()) if state is not None else []
                 raise NotFound(
@@ -481,13 +358,14 @@ class SnapshotService:
             done.set_result(opened)
             return done
         return self._executor.submit(
-            self._verify, job_id, rank, slot, generation, arena, expected, opened
+            self._verify, job_id, rank, step, slot, generation, arena, expected, opened
         )
 
     def _verify(
         self,
         job_id: str,
         rank: int,
+        step: int,
         slot: Slot,
         generation: int,
         arena: Arena,
@@ -501,65 +379,54 @@ class SnapshotService:
             return OpenedSnapshot(opened.slot, opened.path, opened.nbytes, opened.manifest, elapsed)
         with self._lock:
             if slot.generation == generation:
-                slot.state = SlotState.EMPTY  # never offer these bytes again
+                slot.clear()  # never offer these bytes again
                 self.store.drop_record(arena)
             job = self._jobs.get(job_id)
             if job is not None:
-                job.last_error = f"checksum mismatch in step {slot.step} of rank {rank}"
+                job.last_error = f"checksum mismatch in step {step} of rank {rank}"
         self._events("checksum_failure", job_id, 1)
         size = expected.chunk_size
         ranges = ", ".join(f"{i * size}-{min((i + 1) * size, opened.nbytes)}" for i in bad[:5])
         raise ChecksumMismatch(
-            f"step {slot.step} of job {job_id!r} rank {rank}: {len(bad)} of "
+            f"step {step} of job {job_id!r} rank {rank}: {len(bad)} of "
             f"{len(expected.values)} chunks do not match their checksums (bytes {ranges}"
             f"{', ...' if len(bad) > 5 else ''}); the snapshot was dropped: restore an older step"
         )
 
-    # -- adoption and status ------------------------------------------------------------------
+    # -- forgetting ---------------------------------------------------------------------------
 
-    def adopt(self, found: Iterable[AdoptedSlot]) -> int:
-        """Take over arenas of an earlier daemon; returns how many complete snapshots were kept."""
-        kept = 0
+    def forget(self, job_id: str) -> int:
+        """Delete every snapshot of the job here and free its memory; returns the bytes freed
+        (parity the cross-node side holds is freed by its listener)."""
+        valid_job_id(job_id)
         with self._lock:
-            for item in found:
-                if item.slot >= SLOTS_PER_RANK:
-                    continue
-                job = self._jobs.setdefault(item.job_id, Job(item.job_id))
-                slot = job.ranks.setdefault(item.rank, RankState(item.rank)).slots[item.slot]
-                slot.arena = item.arena
-                rec = item.record
-                if rec is None or rec.job_id != item.job_id or rec.rank != item.rank:
-                    continue
-                try:
-                    slot.checksums = checksum.Checksums.from_proto(rec.checksums)
-                except ValueError:
-                    continue
-                slot.state, slot.step, slot.nbytes = SlotState.COMPLETE, rec.step, rec.nbytes
-                slot.manifest, slot.completed_at = rec.manifest, rec.completed_unix
-                kept += 1
-            for job in self._jobs.values():
-                self._update_commit(job)
-        return kept
+            job = self._jobs.pop(job_id, None)
+            if job is None:
+                return 0
+            freed = 0
+            for state in job.ranks.values():
+                for slot in state.slots:
+                    if slot.arena is not None:
+                        freed += slot.arena.capacity
+                        self.store.free(slot.arena)
+                        slot.arena = None
+            waiters = [(f, NotFound(f"job {job_id!r} was forgotten")) for _, f in job.waiters]
+        commits.resolve(waiters)  # type: ignore[arg-type]
+        if self._listener is not None:
+            self._listener.on_forget(job_id)
+        self.store.forget_job(job_id)
+        logger.warning("job %s: forgotten, %s freed", job_id, format_size(freed))
+        return freed
+
+    def idle_jobs(self, ttl_s: float) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            return [j.job_id for j in self._jobs.values() if now - j.last_active > ttl_s]
+
+    def touch(self, job_id: str) -> None:
+        with self._lock:
+            self._job(job_id)
 
     def jobs(self) -> list[Job]:
         """A consistent copy of the jobs for status reporting."""
-        with self._lock:
-            return [
-                replace(
-                    j,
-                    ranks={
-                        r: replace(x, slots=[replace(slot) for slot in x.slots])
-                        for r, x in j.ranks.items()
-                    },
-                    aborted=dict(j.aborted),
-                    waiters=[],
-                    started={},
-                )
-                for j in self._jobs.values()
-            ]
-
-
-def _resolve(done: list[tuple[Future[CommitState], CommitState]]) -> None:
-    for fut, value in done:
-        if not fut.done():
-            fut.set_result(value)
+        return self._table.snapshot()

@@ -1,9 +1,11 @@
-"""Arena files on the store directory: allocation, pre-faulting, memory accounting, persistence.
+"""Arena files on the store directory: allocation, pre-faulting, memory accounting, records.
 
-An arena is one owner-only file per (job, rank, slot), sized on the first save, pre-faulted with
-fallocate (so neither the trainer nor a later copy pays page-allocation costs, and a full tmpfs is
-an error now rather than a SIGBUS later) and reused by every later save. Once a snapshot in a slot
-is complete, a small record beside the arena lets a restarted SMP re-adopt it.
+An arena is one owner-only file (a rank's slot or a parity cell), sized on first use, pre-faulted
+with fallocate (so neither the trainer nor a later copy pays page-allocation costs, and a full
+tmpfs is an error now rather than a SIGBUS later) and reused by every later save. Once what an
+arena holds is complete, a small record beside it lets a restarted SMP re-adopt it. Every record
+file carries its own checksum and names the arena file (inode) it describes, so a damaged,
+edited or stale record is ignored, never trusted.
 
 This module knows nothing of zmq or gRPC.
 """
@@ -15,30 +17,28 @@ import logging
 import mmap
 import os
 import re
+import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+import xxhash
+from google.protobuf.message import DecodeError, Message
 
 from smp._proto import snapshot_pb2
 from smp.config import format_size
-from smp.errors import BadRequest, ConfigError, MemoryLimitExceeded, StoreFull
+from smp.defaults import JOB_ID
+from smp.errors import ConfigError, MemoryLimitExceeded, StoreFull
 
 logger = logging.getLogger(__name__)
 
 # Arenas grow in these steps so a state that changes by a few bytes does not reallocate.
 ARENA_GRANULE = 2 << 20
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ARENA_NAME = re.compile(r"^r(\d+)\.s(\d+)\.arena$")
-
-
-def check_job_id(job_id: str) -> str:
-    """Job ids name directories: refuse anything that could escape the store or confuse a shell."""
-    if not _JOB_ID.match(job_id):
-        raise BadRequest(
-            f"job id {job_id!r} is not valid: use 1-128 characters of letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
-        )
-    return job_id
+_SLOT_NAME = re.compile(r"^r(\d+)\.s(\d+)\.arena$")
+_PARITY_NAME = re.compile(r"^p(\d+)\.s(\d+)\.arena$")
+CLUSTER_FILE = "cluster.meta"
+R = TypeVar("R", bound=Message)
 
 
 def round_up(n: int, granule: int) -> int:
@@ -52,6 +52,7 @@ class Arena:
         self.path = path
         self.capacity = capacity
         self._fd = fd
+        self.inode = os.fstat(fd).st_ino
         self._map = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     @classmethod
@@ -109,16 +110,39 @@ class Arena:
             logger.debug("arena %s still has exported views; leaving mapping to the GC", self.path)
         os.close(self._fd)
 
+    def record_path(self) -> Path:
+        return self.path.with_suffix(".meta")
+
 
 @dataclass
 class AdoptedSlot:
-    """An arena found on disk when the daemon started, with its record if it was complete."""
+    """A rank's slot arena found on disk when the daemon started, with its record if valid."""
 
     job_id: str
     rank: int
     slot: int
     arena: Arena
     record: snapshot_pb2.SlotRecord | None
+
+
+@dataclass
+class AdoptedCell:
+    """A parity cell arena found on disk, with its record if valid."""
+
+    job_id: str
+    row: int
+    slot: int
+    arena: Arena
+    record: snapshot_pb2.ParityRecord | None
+
+
+@dataclass
+class Adopted:
+    """What an earlier daemon left in the store."""
+
+    slots: list[AdoptedSlot] = field(default_factory=list)
+    cells: list[AdoptedCell] = field(default_factory=list)
+    clusters: dict[str, snapshot_pb2.ClusterRecord] = field(default_factory=dict)
 
 
 class Store:
@@ -156,11 +180,21 @@ class Store:
     def used(self) -> int:
         return self._used
 
+    # -- paths ------------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
     def arena_path(self, job_id: str, rank: int, slot: int) -> Path:
         return self.root / job_id / f"r{rank}.s{slot}.arena"
 
     def parity_path(self, job_id: str, row: int, slot: int) -> Path:
         return self.root / job_id / f"p{row}.s{slot}.arena"
+
+    def cluster_path(self, job_id: str) -> Path:
+        return self.root / job_id / CLUSTER_FILE
+
+    # -- memory -----------------------------------------------------------------------------------
 
     def _reserve(self, growth: int, context: str) -> None:
         with self._lock:
@@ -168,7 +202,7 @@ class Store:
                 raise MemoryLimitExceeded(
                     f"{context} needs {format_size(growth)} more arena but the store already "
                     f"holds {format_size(self._used)} of its {format_size(self.memory_limit)} "
-                    "limit: raise --memory-limit, or remove old jobs' snapshots"
+                    "limit: raise --memory-limit, or remove old jobs' snapshots (`smp forget JOB`)"
                 )
             free = self.free_bytes()
             if growth > free:
@@ -196,16 +230,20 @@ class Store:
             self._release(growth)
             raise
 
-    def allocate(self, path: Path, nbytes: int, current: Arena | None, context: str) -> Arena:
-        """Return an arena of at least `nbytes`, reusing `current` when it is large enough.
+    def allocate(
+        self, path: Path, nbytes: int, current: Arena | None, context: str, fresh: bool = False
+    ) -> Arena:
+        """Return an arena of at least `nbytes`, reusing `current` when it is large enough (and
+        `fresh` is not asked: a new file, e.g. because a stale writer may still map the old).
 
-        On any failure the current arena and everything else stored stays as it was.
-        """
-        if current is not None and current.capacity >= nbytes:
+        The old file's record is removed first. On any failure the current arena and everything
+        else stored stays as it was."""
+        if current is not None and current.capacity >= nbytes and not fresh:
             return current
         capacity = round_up(max(nbytes, 1), ARENA_GRANULE)
         growth = capacity - (current.capacity if current is not None else 0)
-        self._reserve(growth, context)
+        self._reserve(max(growth, 0), context)
+        path.with_suffix(".meta").unlink(missing_ok=True)  # it described the file replaced here
         tmp = path.with_suffix(".arena.new")
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -213,66 +251,118 @@ class Store:
             os.replace(tmp, path)
             arena.path = path
         except BaseException:
-            self._release(growth)
+            self._release(max(growth, 0))
             raise
         if current is not None:
+            if growth < 0:
+                self._release(-growth)
             current.close()
         logger.info("allocated %s arena %s", format_size(capacity), path)
         return arena
 
-    def record_path(self, arena: Arena) -> Path:
-        return arena.path.with_suffix(".meta")
+    def free(self, arena: Arena) -> None:
+        """Delete an arena file and its record; its memory goes back to the limit."""
+        self.drop_record(arena)
+        arena.path.unlink(missing_ok=True)
+        arena.close()
+        self._release(arena.capacity)
 
-    def write_record(self, arena: Arena, record: snapshot_pb2.SlotRecord) -> None:
-        """Persist a complete slot's record atomically (write, fsync-free rename: it is tmpfs)."""
-        path = self.record_path(arena)
-        tmp = path.with_suffix(".meta.tmp")
+    def forget_job(self, job_id: str) -> None:
+        """Remove what is left of a job's directory (call after freeing its arenas)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    # -- records ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _write(path: Path, record: Message) -> None:
+        """Atomically (write, rename; it is tmpfs: no fsync) with the record's checksum."""
+        body = record.SerializeToString()
+        blob = snapshot_pb2.RecordFile(record=body, checksum=xxhash.xxh3_64_intdigest(body))
+        tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(record.SerializeToString())
+            f.write(blob.SerializeToString())
         os.replace(tmp, path)
 
-    def drop_record(self, arena: Arena) -> None:
-        """Forget a slot's record *before* its bytes are overwritten."""
-        self.record_path(arena).unlink(missing_ok=True)
+    @staticmethod
+    def _read(path: Path, cls: type[R]) -> R | None:
+        try:
+            blob = snapshot_pb2.RecordFile()
+            blob.ParseFromString(path.read_bytes())
+            if xxhash.xxh3_64_intdigest(blob.record) != blob.checksum:
+                raise ValueError("checksum mismatch")
+            record = cls()
+            record.ParseFromString(blob.record)
+        except FileNotFoundError:
+            return None
+        except (OSError, DecodeError, ValueError) as exc:
+            logger.warning("ignoring damaged record %s (%s)", path, exc)
+            return None
+        return record
 
-    def adopt_all(self) -> list[AdoptedSlot]:
-        """Re-adopt arenas left by an earlier daemon; drop half-written ones."""
-        adopted: list[AdoptedSlot] = []
+    def write_record(self, arena: Arena, record: Message) -> None:
+        self._write(arena.record_path(), record)
+
+    def drop_record(self, arena: Arena) -> None:
+        """Forget an arena's record *before* its bytes are overwritten."""
+        arena.record_path().unlink(missing_ok=True)
+
+    def write_cluster(self, record: snapshot_pb2.ClusterRecord) -> None:
+        path = self.cluster_path(record.job_id)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        self._write(path, record)
+
+    # -- adoption ---------------------------------------------------------------------------------
+
+    def adopt_all(self) -> Adopted:
+        """Re-adopt arenas and records left by an earlier daemon; drop half-written files."""
+        found = Adopted()
         for job_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            # Half-written arenas, and parity cells (not re-adopted: the next committed step
-            # rebuilds them), are dropped.
-            for leftover in [*job_dir.glob("*.new"), *job_dir.glob("p*.arena")]:
+            if not JOB_ID.match(job_dir.name):
+                continue
+            job = job_dir.name
+            for leftover in [*job_dir.glob("*.new"), *job_dir.glob("*.tmp")]:
                 leftover.unlink(missing_ok=True)
+            cluster = self._read(job_dir / CLUSTER_FILE, snapshot_pb2.ClusterRecord)
+            if cluster is not None and cluster.job_id == job:
+                found.clusters[job] = cluster
             for path in sorted(job_dir.glob("*.arena")):
-                name = _ARENA_NAME.match(path.name)
-                if not name or not _JOB_ID.match(job_dir.name):
-                    continue
                 arena = Arena.adopt(path)
                 with self._lock:
                     self._used += arena.capacity
-                rank, slot = int(name.group(1)), int(name.group(2))
-                adopted.append(
-                    AdoptedSlot(job_dir.name, rank, slot, arena, self._read_record(arena))
-                )
-        return adopted
+                if slot := _SLOT_NAME.match(path.name):
+                    rec = self._valid(
+                        arena, self._read(arena.record_path(), snapshot_pb2.SlotRecord)
+                    )
+                    found.slots.append(
+                        AdoptedSlot(job, int(slot.group(1)), int(slot.group(2)), arena, rec)
+                    )
+                elif cell := _PARITY_NAME.match(path.name):
+                    prec = self._read(arena.record_path(), snapshot_pb2.ParityRecord)
+                    found.cells.append(
+                        AdoptedCell(
+                            job,
+                            int(cell.group(1)),
+                            int(cell.group(2)),
+                            arena,
+                            self._valid(arena, prec),
+                        )
+                    )
+                else:
+                    self.free(arena)  # nothing of ours
+        return found
 
-    def _read_record(self, arena: Arena) -> snapshot_pb2.SlotRecord | None:
-        path = self.record_path(arena)
-        if not path.exists():
+    @staticmethod
+    def _valid(arena: Arena, record: R | None) -> R | None:
+        """The record if it describes exactly this arena file."""
+        if record is None:
             return None
-        record = snapshot_pb2.SlotRecord()
-        try:
-            record.ParseFromString(path.read_bytes())
-        except Exception:  # noqa: BLE001 - a damaged record only costs that one snapshot
-            logger.warning("ignoring unreadable slot record %s", path)
-            return None
-        if record.nbytes > arena.capacity:
+        inode = int(getattr(record, "arena_inode", 0))
+        nbytes = int(getattr(record, "nbytes", 0) or getattr(record, "length", 0))
+        if inode != arena.inode or nbytes > arena.capacity:
             logger.warning(
-                "ignoring slot record %s: claims %d bytes, arena has %d",
-                path,
-                record.nbytes,
-                arena.capacity,
+                "ignoring record %s: it describes another file or more bytes than it holds",
+                arena.record_path(),
             )
             return None
         return record

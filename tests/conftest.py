@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.demo.cluster import LocalSMP, short_tmpdir
+from smp.testing import LocalSMP, short_tmpdir
 
 
 @pytest.fixture

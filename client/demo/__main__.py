@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecsnap.demo.cluster import LocalSMP, compare_runs, launch_ranks, read_restore, short_tmpdir
+from ecsnap.testing import LocalSMP, compare_runs, launch_ranks, read_restore, short_tmpdir
 from smp import report
 
 

@@ -21,6 +21,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_REGISTERED: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
     BUSY: _ClassVar[ErrorCode]
+    UNAUTHENTICATED: _ClassVar[ErrorCode]
+    REBUILD_FAILED: _ClassVar[ErrorCode]
 
 class SlotState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +43,8 @@ ABORTED: ErrorCode
 NOT_REGISTERED: ErrorCode
 INTERNAL: ErrorCode
 BUSY: ErrorCode
+UNAUTHENTICATED: ErrorCode
+REBUILD_FAILED: ErrorCode
 SLOT_STATE_UNSPECIFIED: SlotState
 EMPTY: SlotState
 WRITING: SlotState
@@ -56,7 +60,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("rank", "world_size", "local_rank", "local_world_size", "node_rank", "num_nodes", "pid", "hostname")
+    __slots__ = ("rank", "world_size", "local_rank", "local_world_size", "node_rank", "num_nodes", "pid", "hostname", "session")
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,7 @@ class RegisterRequest(_message.Message):
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     rank: int
     world_size: int
     local_rank: int
@@ -73,7 +78,8 @@ class RegisterRequest(_message.Message):
     num_nodes: int
     pid: int
     hostname: str
-    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., local_rank: _Optional[int] = ..., local_world_size: _Optional[int] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+    session: int
+    def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., local_rank: _Optional[int] = ..., local_world_size: _Optional[int] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., session: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("smp_version", "grpc_address", "store_dir", "codec_engine", "smp_pid")
@@ -90,14 +96,16 @@ class RegisterResponse(_message.Message):
     def __init__(self, smp_version: _Optional[str] = ..., grpc_address: _Optional[str] = ..., store_dir: _Optional[str] = ..., codec_engine: _Optional[str] = ..., smp_pid: _Optional[int] = ...) -> None: ...
 
 class BeginSaveRequest(_message.Message):
-    __slots__ = ("rank", "step", "nbytes")
+    __slots__ = ("rank", "step", "nbytes", "session")
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     rank: int
     step: int
     nbytes: int
-    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., nbytes: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., nbytes: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class BeginSaveResponse(_message.Message):
     __slots__ = ("slot", "generation", "path", "capacity")
@@ -112,38 +120,42 @@ class BeginSaveResponse(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., generation: _Optional[int] = ..., path: _Optional[str] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class CommitSaveRequest(_message.Message):
-    __slots__ = ("rank", "step", "slot", "generation", "nbytes", "manifest")
+    __slots__ = ("rank", "step", "slot", "generation", "nbytes", "manifest", "session")
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     rank: int
     step: int
     slot: int
     generation: int
     nbytes: int
     manifest: bytes
-    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+    session: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ..., session: _Optional[int] = ...) -> None: ...
 
 class CommitSaveResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class AbortSaveRequest(_message.Message):
-    __slots__ = ("rank", "step", "slot", "generation", "reason")
+    __slots__ = ("rank", "step", "slot", "generation", "reason", "session")
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     rank: int
     step: int
     slot: int
     generation: int
     reason: str
-    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    session: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., slot: _Optional[int] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., session: _Optional[int] = ...) -> None: ...
 
 class AbortSaveResponse(_message.Message):
     __slots__ = ()
@@ -170,14 +182,16 @@ class ListStepsRequest(_message.Message):
     def __init__(self, rank: _Optional[int] = ...) -> None: ...
 
 class ListStepsResponse(_message.Message):
-    __slots__ = ("complete_steps", "has_committed", "committed_step")
+    __slots__ = ("complete_steps", "has_committed", "committed_step", "world_sizes")
     COMPLETE_STEPS_FIELD_NUMBER: _ClassVar[int]
     HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZES_FIELD_NUMBER: _ClassVar[int]
     complete_steps: _containers.RepeatedScalarFieldContainer[int]
     has_committed: bool
     committed_step: int
-    def __init__(self, complete_steps: _Optional[_Iterable[int]] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ...) -> None: ...
+    world_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, complete_steps: _Optional[_Iterable[int]] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., world_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OpenSnapshotRequest(_message.Message):
     __slots__ = ("rank", "step", "skip_verify")
@@ -228,14 +242,16 @@ class WaitCommittedRequest(_message.Message):
     def __init__(self, step: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class WaitCommittedResponse(_message.Message):
-    __slots__ = ("committed", "has_committed", "committed_step")
+    __slots__ = ("committed", "has_committed", "committed_step", "degraded")
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     committed: bool
     has_committed: bool
     committed_step: int
-    def __init__(self, committed: _Optional[bool] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ...) -> None: ...
+    degraded: str
+    def __init__(self, committed: _Optional[bool] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
     __slots__ = ("node_rank", "num_nodes", "group_size", "parity", "placement", "peer_addresses", "secret")
@@ -266,14 +282,26 @@ class SaveReadyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SaveReadyResponse(_message.Message):
-    __slots__ = ("ready", "has_pending", "pending_step")
+    __slots__ = ("ready", "has_pending", "pending_step", "failure")
     READY_FIELD_NUMBER: _ClassVar[int]
     HAS_PENDING_FIELD_NUMBER: _ClassVar[int]
     PENDING_STEP_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     has_pending: bool
     pending_step: int
-    def __init__(self, ready: _Optional[bool] = ..., has_pending: _Optional[bool] = ..., pending_step: _Optional[int] = ...) -> None: ...
+    failure: Error
+    def __init__(self, ready: _Optional[bool] = ..., has_pending: _Optional[bool] = ..., pending_step: _Optional[int] = ..., failure: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("freed_bytes",)
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    freed_bytes: int
+    def __init__(self, freed_bytes: _Optional[int] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("timeout_ms",)
@@ -314,7 +342,7 @@ class RankStatus(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotInfo, _Mapping]]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step")
+    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step", "degraded", "idle_s")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +358,8 @@ class JobStatus(_message.Message):
     PARITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     HAS_PROTECTED_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     world_size: int
     num_nodes: int
@@ -345,7 +375,9 @@ class JobStatus(_message.Message):
     parity_bytes: int
     has_protected: bool
     protected_step: int
-    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ...) -> None: ...
+    degraded: str
+    idle_s: float
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ..., degraded: _Optional[str] = ..., idle_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("version", "pid", "socket", "store_dir", "grpc_address", "memory_limit", "memory_used", "store_free", "codec_engine", "uptime_s", "jobs")
@@ -374,7 +406,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin")
+    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +421,7 @@ class Request(_message.Message):
     SAVE_READY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     register: RegisterRequest
@@ -403,10 +436,11 @@ class Request(_message.Message):
     save_ready: SaveReadyRequest
     rebuild: RebuildRequest
     pin: PinRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ...) -> None: ...
+    forget: ForgetRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +455,7 @@ class Response(_message.Message):
     SAVE_READY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -435,4 +470,5 @@ class Response(_message.Message):
     save_ready: SaveReadyResponse
     rebuild: RebuildResponse
     pin: PinResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ...) -> None: ...
+    forget: ForgetResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ...) -> None: ...

@@ -71,6 +71,24 @@ class ProtectedResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StepFailedRequest(_message.Message):
+    __slots__ = ("job_id", "node", "step", "code", "message")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: int
+    step: int
+    code: str
+    message: str
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[int] = ..., step: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StepFailedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class JobStateRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class PeerStub:
                 request_serializer=smp_dot___proto_dot_peer__pb2.ProtectedRequest.SerializeToString,
                 response_deserializer=smp_dot___proto_dot_peer__pb2.ProtectedResponse.FromString,
                 _registered_method=True)
+        self.StepFailed = channel.unary_unary(
+                '/ecsnap.v1.Peer/StepFailed',
+                request_serializer=smp_dot___proto_dot_peer__pb2.StepFailedRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.StepFailedResponse.FromString,
+                _registered_method=True)
         self.JobState = channel.unary_unary(
                 '/ecsnap.v1.Peer/JobState',
                 request_serializer=smp_dot___proto_dot_peer__pb2.JobStateRequest.SerializeToString,
@@ -77,6 +82,12 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Protected(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StepFailed(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +122,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Protected,
                     request_deserializer=smp_dot___proto_dot_peer__pb2.ProtectedRequest.FromString,
                     response_serializer=smp_dot___proto_dot_peer__pb2.ProtectedResponse.SerializeToString,
+            ),
+            'StepFailed': grpc.unary_unary_rpc_method_handler(
+                    servicer.StepFailed,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.StepFailedRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.StepFailedResponse.SerializeToString,
             ),
             'JobState': grpc.unary_unary_rpc_method_handler(
                     servicer.JobState,
@@ -204,6 +220,33 @@ class Peer:
             '/ecsnap.v1.Peer/Protected',
             smp_dot___proto_dot_peer__pb2.ProtectedRequest.SerializeToString,
             smp_dot___proto_dot_peer__pb2.ProtectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepFailed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecsnap.v1.Peer/StepFailed',
+            smp_dot___proto_dot_peer__pb2.StepFailedRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.StepFailedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -136,7 +136,7 @@ class Checksums(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., chunk_size: _Optional[int] = ..., values: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SlotRecord(_message.Message):
-    __slots__ = ("job_id", "rank", "slot", "step", "nbytes", "manifest", "checksums", "completed_unix")
+    __slots__ = ("job_id", "rank", "slot", "step", "nbytes", "manifest", "checksums", "completed_unix", "arena_inode", "world_size")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,8 @@ class SlotRecord(_message.Message):
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ARENA_INODE_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     slot: int
@@ -153,17 +155,21 @@ class SlotRecord(_message.Message):
     manifest: bytes
     checksums: Checksums
     completed_unix: float
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., slot: _Optional[int] = ..., step: _Optional[int] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ..., checksums: _Optional[_Union[Checksums, _Mapping]] = ..., completed_unix: _Optional[float] = ...) -> None: ...
+    arena_inode: int
+    world_size: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., slot: _Optional[int] = ..., step: _Optional[int] = ..., nbytes: _Optional[int] = ..., manifest: _Optional[bytes] = ..., checksums: _Optional[_Union[Checksums, _Mapping]] = ..., completed_unix: _Optional[float] = ..., arena_inode: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
 
 class ChunkDigest(_message.Message):
-    __slots__ = ("stripe", "length", "checksum")
+    __slots__ = ("stripe", "length", "checksum", "node")
     STRIPE_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     stripe: int
     length: int
     checksum: int
-    def __init__(self, stripe: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
+    node: int
+    def __init__(self, stripe: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ..., node: _Optional[int] = ...) -> None: ...
 
 class NodeManifest(_message.Message):
     __slots__ = ("node", "step", "blob_bytes", "slots", "chunks")
@@ -178,3 +184,61 @@ class NodeManifest(_message.Message):
     slots: _containers.RepeatedCompositeFieldContainer[SlotRecord]
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkDigest]
     def __init__(self, node: _Optional[int] = ..., step: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotRecord, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[ChunkDigest, _Mapping]]] = ...) -> None: ...
+
+class ParityRecord(_message.Message):
+    __slots__ = ("job_id", "row", "slot", "step", "stripe", "length", "checksum", "contributors", "manifests", "arena_inode")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    ARENA_INODE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    row: int
+    slot: int
+    step: int
+    stripe: int
+    length: int
+    checksum: int
+    contributors: _containers.RepeatedCompositeFieldContainer[ChunkDigest]
+    manifests: _containers.RepeatedCompositeFieldContainer[NodeManifest]
+    arena_inode: int
+    def __init__(self, job_id: _Optional[str] = ..., row: _Optional[int] = ..., slot: _Optional[int] = ..., step: _Optional[int] = ..., stripe: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ..., contributors: _Optional[_Iterable[_Union[ChunkDigest, _Mapping]]] = ..., manifests: _Optional[_Iterable[_Union[NodeManifest, _Mapping]]] = ..., arena_inode: _Optional[int] = ...) -> None: ...
+
+class ClusterRecord(_message.Message):
+    __slots__ = ("job_id", "node", "num_nodes", "group_size", "parity", "placement", "addresses", "secret", "has_committed", "committed", "sent")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: int
+    num_nodes: int
+    group_size: int
+    parity: int
+    placement: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    secret: bytes
+    has_committed: bool
+    committed: int
+    sent: _containers.RepeatedCompositeFieldContainer[ChunkDigest]
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[int] = ..., num_nodes: _Optional[int] = ..., group_size: _Optional[int] = ..., parity: _Optional[int] = ..., placement: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., secret: _Optional[bytes] = ..., has_committed: _Optional[bool] = ..., committed: _Optional[int] = ..., sent: _Optional[_Iterable[_Union[ChunkDigest, _Mapping]]] = ...) -> None: ...
+
+class RecordFile(_message.Message):
+    __slots__ = ("record", "checksum")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    record: bytes
+    checksum: int
+    def __init__(self, record: _Optional[bytes] = ..., checksum: _Optional[int] = ...) -> None: ...

@@ -1,4 +1,4 @@
-"""`smp bench cluster` plumbing on a tiny state: real SMPs, real parity, the byte counts exact."""
+"""`ecsnap bench cluster` plumbing on a tiny state: real SMPs, real parity, exact byte counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.benchcluster import NODES, run_setting
+from ecsnap.bench.cluster import NODES, run_setting
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""`smp bench train` plumbing on tiny sizes (not its speed): real SMPs, real ranks, real files.
+"""`ecsnap bench train` plumbing on tiny sizes (not its speed): real SMPs, real ranks, real files.
 
 One invocation runs baseline, torch.save and ecsnap (2 ranks, 1 node) with ecsnap's worker made to
 fail on purpose in a second invocation: the JSON holds every raw measurement, the table shows each
@@ -41,7 +41,7 @@ def _bench(workdir: Path, *extra: str) -> tuple[int, str, dict[str, object]]:
         [
             sys.executable,
             "-m",
-            "smp",
+            "ecsnap",
             "bench",
             "train",
             *TINY,

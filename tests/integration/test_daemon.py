@@ -13,7 +13,7 @@ import torch
 import zmq
 
 import ecsnap
-from ecsnap.demo.cluster import LocalSMP
+from ecsnap.testing import LocalSMP
 from smp._proto import control_pb2 as pb
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ecsnap
-from ecsnap.demo.cluster import LocalSMP
+from ecsnap.testing import LocalSMP
 
 pytestmark = [
     pytest.mark.gpu,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.demo.cluster import read_restore
+from ecsnap.testing import read_restore
 from smp import report
 from smp._proto import control_pb2 as pb
 from smp.launch import job_id_for

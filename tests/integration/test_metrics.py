@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ecsnap.demo.cluster import LocalSMP, launch_ranks
+from ecsnap.testing import LocalSMP, launch_ranks
 from smp import report
 from smp.metrics import Metrics
 

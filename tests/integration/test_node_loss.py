@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.demo.cluster import (
+from ecsnap.testing import (
     LocalSMP,
     compare_runs,
     launch_ranks,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ecsnap.arena import MappedArena
-from ecsnap.benchcluster import NODES, Node, configure, save_everywhere
+from ecsnap.bench.cluster import NODES, Node, configure, save_everywhere
 from ecsnap.errors import SnapshotError
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]

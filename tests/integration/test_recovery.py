@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.demo.cluster import LocalSMP, compare_runs, launch_ranks, read_restore
+from ecsnap.testing import LocalSMP, compare_runs, launch_ranks, read_restore
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ecsnap.demo.cluster import LocalSMP, launch_ranks, read_losses, read_restore
+from ecsnap.testing import LocalSMP, launch_ranks, read_losses, read_restore
 from tests.jobs.sharded import build_model
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]

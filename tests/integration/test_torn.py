@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import ecsnap
-from ecsnap.demo.cluster import LocalSMP
+from ecsnap.testing import LocalSMP
 
 pytestmark = pytest.mark.timeout(120)
 

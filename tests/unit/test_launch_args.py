@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from smp.launch import LaunchError, job_id_for, script_index, socket_for, split_argv
+from smp.defaults import socket_from as socket_for
+from smp.launch import LaunchError, job_id_for, script_index, split_argv
 
 
 def test_launch_options_come_first_then_torchrun_takes_the_rest() -> None:

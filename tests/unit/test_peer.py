@@ -14,11 +14,12 @@ import pytest
 import xxhash
 
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
+from smp.crossnode.coordinator import CrossNode
+from smp.daemon import assemble
 from smp.defaults import PEER_TOKEN_KEY
 from smp.errors import Conflict
 from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
-from smp.replication import Replication
 from smp.service import SnapshotService
 from smp.store import Store
 
@@ -29,7 +30,7 @@ SECRET = b"s" * 32
 @dataclass
 class Node:
     service: SnapshotService
-    replication: Replication
+    replication: CrossNode
     server: PeerServer
     stub: peer_pb2_grpc.PeerStub
     channel: grpc.Channel
@@ -39,10 +40,10 @@ class Node:
 def node(tmp_path: Path) -> Iterator[Node]:
     """Node 1 of a 3-node job (g=3, m=1), serving its peer port; its peers never start."""
     pool = ThreadPoolExecutor(2)
-    service = SnapshotService(Store(str(tmp_path / "store"), 64 << 20), pool)
+    parts = assemble(Store(str(tmp_path / "store"), 64 << 20), pool, "auto", rpc_timeout=2.0)
+    service, replication = parts.service, parts.crossnode
     service.register(JOB, RankInfo(1, 3, 0, 1, 1, 3, 4242))
-    replication = Replication(service, "auto", rpc_timeout=2.0)
-    server = PeerServer(PeerServicer(service, replication, "n1", "auto"), "127.0.0.1", 0)
+    server = PeerServer(PeerServicer(replication, "n1", "auto"), "127.0.0.1", 0)
     server.start()
     dead = ["127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1"]
     replication.configure(JOB, 1, 3, 3, 1, "consecutive", dead, SECRET)
@@ -123,7 +124,7 @@ def test_calls_without_or_with_a_wrong_secret_are_refused(node: Node) -> None:
 
 
 def test_every_field_is_validated(node: Node) -> None:
-    g = node.replication.cluster(JOB)
+    g = node.replication.member(JOB)
     assert g is not None
     group = g.group
     mine = group.parity_cells(1)[0][0]  # a stripe node 1 holds parity of
@@ -161,7 +162,7 @@ def test_every_field_is_validated(node: Node) -> None:
 
 
 def test_a_good_chunk_is_folded_in_and_served_back(node: Node) -> None:
-    g = node.replication.cluster(JOB)
+    g = node.replication.member(JOB)
     assert g is not None
     group = g.group  # g=3, m=1: parity is the XOR of the two data chunks
     stripe = group.parity_cells(1)[0][0]
@@ -185,7 +186,7 @@ def test_a_good_chunk_is_folded_in_and_served_back(node: Node) -> None:
 
 
 def test_a_restarted_job_voids_uncommitted_parity(node: Node) -> None:
-    g = node.replication.cluster(JOB)
+    g = node.replication.member(JOB)
     assert g is not None
     stripe = g.group.parity_cells(1)[0][0]
     a, _ = g.group.contributors(stripe)
@@ -201,15 +202,16 @@ def test_a_restarted_job_voids_uncommitted_parity(node: Node) -> None:
 def test_a_chunk_streaming_twice_at_once_is_refused(node: Node) -> None:
     """Two streams of one chunk (say, a sender that raced itself) would fold it in twice and
     cancel it out of the parity: the second is refused while the first is still arriving."""
-    g = node.replication.cluster(JOB)
+    g = node.replication.member(JOB)
     assert g is not None
     stripe = g.group.parity_cells(1)[0][0]
     a, _ = g.group.contributors(stripe)
     manifest = snapshot_pb2.NodeManifest(node=a, step=6, blob_bytes=128)
-    holder, cell, epoch = node.replication.parity_begin(JOB, 6, stripe, a, 64, manifest)
-    holder.accumulate(cell, epoch, 6, a, 0, b"z" * 32)  # half of it arrived
+    token = SECRET.hex()
+    sink = node.replication.open_chunk(JOB, token, 6, stripe, a, 64, manifest)
+    sink.write(b"z" * 32)  # half of it arrived
     with pytest.raises(Conflict, match="already sent"):
-        node.replication.parity_begin(JOB, 6, stripe, a, 64, manifest)
+        node.replication.open_chunk(JOB, token, 6, stripe, a, 64, manifest)
 
 
 def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> None:
@@ -225,6 +227,6 @@ def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> 
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(0.5)  # the pushes to the dead peers fail (connection refused) meanwhile
-    assert svc.committed(JOB) is None
-    assert node.replication.save_ready(JOB) == (False, 2)
+    assert svc.commit_state(JOB).committed_step is None
+    assert node.replication.save_ready(JOB) == (False, 2, None)
     assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from smp.adoption import readopt
+from smp.daemon import assemble
 from smp.errors import BadRequest, ChecksumMismatch, Conflict, MemoryLimitExceeded, NotRegistered
 from smp.jobs import RankInfo, SlotState
 from smp.service import SnapshotService
@@ -25,7 +27,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 def make(
     workdir: Path, pool: ThreadPoolExecutor, limit: int = 64 << 20, world: int = 1
 ) -> SnapshotService:
-    svc = SnapshotService(Store(str(workdir / "store"), limit), pool)
+    svc = assemble(Store(str(workdir / "store"), limit), pool, "auto").service
     for rank in range(world):
         svc.register(JOB, RankInfo(rank, world, rank, world, 0, 1, 1000 + rank))
     return svc
@@ -50,7 +52,7 @@ def test_double_buffer_never_overwrites_committed(workdir: Path, pool: ThreadPoo
     # Step 3 starts but never commits: it must go where step 1 was, leaving step 2 intact.
     grant = svc.begin_save(JOB, 0, 3, 4096)
     assert grant.slot == first
-    steps, committed = svc.list_steps(JOB, 0)
+    steps, committed, _ = svc.list_steps(JOB, 0)
     assert steps == [2] and committed == 2
     # A later save takes over the abandoned slot again, still not the committed one.
     assert svc.begin_save(JOB, 0, 4, 4096).slot == first
@@ -116,9 +118,10 @@ def test_restarted_daemon_readopts_complete_snapshots(
     save(svc, 1, 1)
     save(svc, 2, 2)
     svc.begin_save(JOB, 0, 3, 4096)  # in progress when the daemon "dies"
-    again = SnapshotService(Store(str(workdir / "store"), 64 << 20), pool)
-    assert again.adopt(again.store.adopt_all()) == 1
-    assert again.list_steps(JOB, 0) == ([2], 2)
+    parts = assemble(Store(str(workdir / "store"), 64 << 20), pool, "auto")
+    again = parts.service
+    assert readopt(again.store, parts.local, parts.crossnode).snapshots == 1
+    assert again.list_steps(JOB, 0)[:2] == ([2], 2)
     opened = again.open_snapshot(JOB, 0, 2).result(timeout=10)
     assert opened.manifest == b"manifest"
     assert [s.state for s in again.jobs()[0].ranks[0].slots].count(SlotState.COMPLETE) == 1

@@ -13,16 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ecsnap.demo.cluster import LocalSMP
 from smp import report
 from smp._proto import peer_pb2, peer_pb2_grpc
+from smp.daemon import assemble
 from smp.errors import ConfigError
 from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
 from smp.peerclient import PeerClient
-from smp.replication import Replication
-from smp.service import SnapshotService
 from smp.store import Store
+from smp.testing import LocalSMP
 from smp.tls import PeerTls, open_channel
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -69,11 +68,17 @@ def tls_of(pki: Path, name: str, ca: str = "ca") -> PeerTls:
 @pytest.fixture
 def server(tmp_path: Path, pki: Path) -> Iterator[PeerServer]:
     pool = ThreadPoolExecutor(2)
-    service = SnapshotService(Store(str(tmp_path / "store"), 64 << 20), pool)
+    parts = assemble(
+        Store(str(tmp_path / "store"), 64 << 20),
+        pool,
+        "auto",
+        tls_of(pki, "smp-a"),
+        rpc_timeout=2.0,
+    )
+    service, replication = parts.service, parts.crossnode
     service.register(JOB, RankInfo(0, 2, 0, 1, 0, 2, 4242))
-    replication = Replication(service, "auto", rpc_timeout=2.0, tls=tls_of(pki, "smp-a"))
     srv = PeerServer(
-        PeerServicer(service, replication, "a", "auto"), "127.0.0.1", 0, tls=tls_of(pki, "smp-a")
+        PeerServicer(replication, "a", "auto"), "127.0.0.1", 0, tls=tls_of(pki, "smp-a")
     )
     srv.start()
     replication.configure(JOB, 0, 2, 2, 1, "consecutive", [srv.address, "127.0.0.1:1"], SECRET)

@@ -1,4 +1,4 @@
-"""`smp bench cluster`: parity exchange and node rebuild across real SMPs on loopback, side by
+"""`ecsnap bench cluster`: parity exchange and node rebuild across real SMPs on loopback, side by
 side with raw TCP moving the same bytes.
 
 Four simulated nodes (an SMP process each: own socket, store and gRPC port) hold S bytes each for
@@ -34,7 +34,7 @@ import numpy as np
 
 from ecsnap.arena import MappedArena
 from ecsnap.control import ControlClient
-from ecsnap.demo.cluster import LocalSMP, free_port, short_tmpdir
+from ecsnap.testing import LocalSMP, free_port, short_tmpdir
 from smp._proto import snapshot_pb2
 
 NODES = 4

@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ecsnap.benchtrain.contenders import Spec
+from ecsnap.bench.train.contenders import Spec
 
 
 def stats(values: Iterable[float | None]) -> dict[str, float] | None:
@@ -410,7 +410,7 @@ def plot(data: Mapping[str, Any], path: str) -> str:
     )
     c, m = data["config"], data["machine"]
     title = (
-        f"smp bench train: {c['nodes']}x{c['ranks_per_node']} ranks, "
+        f"ecsnap bench train: {c['nodes']}x{c['ranks_per_node']} ranks, "
         f"{c['state_bytes_per_rank'] / (1 << 20):.0f} MiB state/rank, {m['cores']} cores "
         f"{m['device']}; median of {c['repeats']}"
     )

@@ -1,6 +1,6 @@
-"""`smp bench train`: orchestration. Every contender trains the same workload on the same simulated
-cluster (nodes x ranks per node, one SMP per node for ecsnap); repeats are interleaved, so ratios
-come from runs that shared the machine's conditions.
+"""`ecsnap bench train`: orchestration. Every contender trains the same workload on the same
+simulated cluster (nodes x ranks per node, one SMP per node for ecsnap); repeats are interleaved,
+so ratios come from runs that shared the machine's conditions.
 
 Per contender and repeat:
 1. train: warm-up, measured steps with the contender's checkpoints, last checkpoint made safe, a
@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,11 @@ from typing import Any
 
 import torch
 
-from ecsnap.benchtrain import report
-from ecsnap.benchtrain.contenders import Spec, specs
-from ecsnap.benchtrain.worker import FAIL_ENV
-from ecsnap.benchtrain.workload import ModelConfig, describe
-from ecsnap.demo.cluster import LocalSMP, RankRun, free_port, short_tmpdir
+from ecsnap.bench.train import report
+from ecsnap.bench.train.contenders import Spec, specs
+from ecsnap.bench.train.worker import FAIL_ENV
+from ecsnap.bench.train.workload import ModelConfig, describe
+from ecsnap.testing import LocalSMP, RankRun, short_tmpdir, start_ranks
 from smp.config import parse_size
 
 DEFAULT_CONTENDERS = list(specs(4))
@@ -148,12 +147,10 @@ class Launcher:
         """len(sockets) nodes x rpn ranks; node n's ranks talk to sockets[n] (if not empty)."""
         a = self.args
         assert len(sockets) * rpn == self.world, (sockets, rpn)
-        out.mkdir(parents=True, exist_ok=True)
-        port = free_port()
         cmd = [
             sys.executable,
             "-m",
-            "ecsnap.benchtrain.worker",
+            "ecsnap.bench.train.worker",
             f"--phase={phase}",
             f"--contender={spec.name}",
             f"--interval={a.interval}",
@@ -166,33 +163,9 @@ class Launcher:
             f"--timeout={a.timeout}",
             f"--model={json.dumps(asdict(self.cfg))}",
         ]
-        procs, logs = [], []
         t_launch = time.time()
-        for rank in range(self.world):
-            node = rank // rpn
-            env = dict(os.environ)
-            env.update(
-                {
-                    "RANK": str(rank),
-                    "WORLD_SIZE": str(self.world),
-                    "LOCAL_RANK": str(rank % rpn),
-                    "LOCAL_WORLD_SIZE": str(rpn),
-                    "GROUP_RANK": str(node),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(port),
-                    "TORCHELASTIC_RUN_ID": job,
-                    "OMP_NUM_THREADS": str(self.threads),
-                    **env_extra,
-                }
-            )
-            env.pop("ECSNAP_JOB", None)
-            if sockets[node]:
-                env["ECSNAP_SOCKET"] = sockets[node]
-            log = out / f"rank{rank}.log"
-            with log.open("ab") as f:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
-            logs.append(log)
-        return t_launch, RankRun(procs, logs)
+        run = start_ranks(cmd, out, job, sockets, rpn, env_extra, self.threads)
+        return t_launch, run
 
 
 class RunFailed(RuntimeError):
@@ -365,7 +338,7 @@ def run_one(
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None, prog: str = "smp bench train") -> int:
+def main(argv: list[str] | None = None, prog: str = "ecsnap bench train") -> int:
     p = argparse.ArgumentParser(
         prog=prog,
         description="End-to-end benchmark: training overhead and recovery time of ecsnap against "

@@ -1,4 +1,5 @@
-"""Sending side of parity: stream this node's chunks to their holders; announce protection.
+"""Sending side of parity: stream this node's chunks to their holders; announce protection (and
+failures) to every node of the job.
 
 A node's blob for a step is its ranks' slots back to back (rank order), cut into k chunks. Chunk i
 goes, raw, to the m parity holders of its stripe, in ~1 MiB messages read straight from the
@@ -12,11 +13,11 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 
-import xxhash
-
+from smp import checksum
 from smp._proto import peer_pb2, snapshot_pb2
-from smp.cluster import ClusterState
+from smp.crossnode.membership import Membership
 from smp.defaults import PEER_PIECE as PIECE
+from smp.errors import SmpError
 from smp.layout import chunk_range
 from smp.peerclient import PeerClients
 
@@ -44,19 +45,19 @@ def _requests(
     sent: list[int],
 ) -> Iterator[peer_pb2.PushChunkRequest]:
     yield peer_pb2.PushChunkRequest(header=header)
-    hasher = xxhash.xxh3_64()
+    hasher = checksum.StreamDigest()
     for piece in blob_pieces(parts, start, end):
         hasher.update(piece)
         yield peer_pb2.PushChunkRequest(data=bytes(piece))
         sent[0] += len(piece)
-    digest.checksum = hasher.intdigest()
+    digest.checksum = hasher.value()
     yield peer_pb2.PushChunkRequest(checksum=digest.checksum)
 
 
 def send_chunks(
     clients: PeerClients,
     job_id: str,
-    cluster: ClusterState,
+    cluster: Membership,
     step: int,
     parts: list[memoryview],
     manifest: snapshot_pb2.NodeManifest,
@@ -95,7 +96,7 @@ def send_chunks(
 def announce(
     clients: PeerClients,
     job_id: str,
-    cluster: ClusterState,
+    cluster: Membership,
     step: int,
     executor: Executor,
     timeout: float,
@@ -110,6 +111,35 @@ def announce(
         except Exception as exc:  # noqa: BLE001 - a dead peer only delays the commit
             logger.warning(
                 "job=%s step=%d: telling node %d it is protected failed: %s",
+                job_id,
+                step,
+                node,
+                exc,
+            )
+
+    for node in cluster.peers():
+        executor.submit(one, node)
+
+
+def announce_failure(
+    clients: PeerClients,
+    job_id: str,
+    cluster: Membership,
+    step: int,
+    error: SmpError,
+    executor: Executor,
+    timeout: float,
+) -> None:
+    """Tell every other node of the job that `step` cannot commit, and why (best effort)."""
+
+    def one(node: int) -> None:
+        try:
+            clients.get(cluster.addresses[node], cluster.secret).step_failed(
+                job_id, cluster.node, step, error.code, str(error), timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - that node's waiters time out instead
+            logger.warning(
+                "job=%s step=%d: telling node %d the step failed failed: %s",
                 job_id,
                 step,
                 node,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ecsnap.benchtrain.workload import Workload
+from ecsnap.bench.train.workload import Workload
 
 KINDS = ("none", "torch_save", "dcp_save", "dcp_async", "ecsnap")
 

@@ -1,4 +1,4 @@
-"""`smp bench local`: ecsnap save/restore against torch.save/torch.load, side by side in one run.
+"""`ecsnap bench local`: ecsnap save/restore against torch.save/torch.load, side by side in one run.
 
 For a state of a given size (float32 tensors), each repeat interleaves: torch.save to a local file,
 torch.load and copy into the live tensors, an ecsnap save (time blocked in save(), time until the
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import ecsnap
-from ecsnap.demo.cluster import LocalSMP, short_tmpdir
+from ecsnap.testing import LocalSMP, short_tmpdir
 from smp.config import format_size
 
 TENSOR_BYTES = 64 << 20

@@ -29,8 +29,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from ecsnap.benchtrain import contenders  # noqa: E402
-from ecsnap.benchtrain.workload import ModelConfig, build  # noqa: E402
+from ecsnap.bench.train import contenders  # noqa: E402
+from ecsnap.bench.train.workload import ModelConfig, build  # noqa: E402
 
 T_IMPORTED = time.time()
 FAIL_ENV = "ECSNAP_BENCH_FAIL"  # set by the runner's hidden --inject-failure option

@@ -1,28 +1,29 @@
-"""Parity cells a node holds for its group, filled as data nodes stream their chunks in.
+"""Receiving side of parity: the cells a node holds for its group, filled as chunks stream in.
 
 Each node holds m parity cells per step (one per stripe where it is a parity holder), double
 buffered like the data slots: a new step never lands in the cell holding the committed step. Data
 nodes forward their raw chunks; the holder folds each ~1 MiB piece straight into the cell with the
 codec's fused multiply-XOR (ISA-L ec_encode_data_update), so nothing is buffered and the sender
 computes nothing. A cell is complete once every contributor's chunk arrived whole and matched
-its checksum. Also kept: the node manifests that came with the chunks (what a replacement node
-needs to rebuild its ranks' slots).
+its checksum; its record (with the contributors' digests and node manifests, what a replacement
+node needs to rebuild) is then written beside it, so a restarted SMP re-adopts the cell.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import xxhash
 
+from smp import checksum
 from smp._proto import snapshot_pb2
 from smp.codec import Codec
-from smp.errors import BadRequest, Conflict
+from smp.errors import BadRequest, ChecksumMismatch, Conflict
 from smp.layout import Group
-from smp.store import Arena, Store
+from smp.store import AdoptedCell, Arena, Store
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Cell:
     def complete(self, group: Group) -> bool:
         return self.step >= 0 and set(self.done) == set(group.contributors(self.stripe))
 
+    def reset(self, step: int = -1, stripe: int = -1, epoch: int = 0) -> None:
+        self.step, self.stripe, self.done, self.checksum = step, stripe, {}, None
+        self.started, self.length, self.epoch = set(), 0, epoch
+
 
 class ParityHolder:
     """The parity cells and received node manifests of one job on this node."""
@@ -61,7 +66,6 @@ class ParityHolder:
         self._cells = {
             row: [Cell(row, s) for s in range(CELL_SLOTS)] for _, row in group.parity_cells(node)
         }
-        self._stripe_of_row = {row: stripe for stripe, row in group.parity_cells(node)}
         self._lock = threading.Lock()
         self.manifests: dict[int, dict[int, snapshot_pb2.NodeManifest]] = {}
         self.epoch = 0  # bumped when the job restarts: chunks of its earlier incarnation are stale
@@ -108,13 +112,12 @@ class ParityHolder:
                 target = min((c for c in cells if c is not keep), key=lambda c: c.step)
                 if target.step > step:
                     raise Conflict(f"step {step} was superseded by step {target.step}")
-                target.step, target.stripe, target.done, target.checksum = step, stripe, {}, None
-                target.started = set()
-                target.length, target.epoch = 0, self.epoch
+                with target.lock:
+                    if target.arena is not None:  # its bytes are about to change
+                        self.store.drop_record(target.arena)
+                        np.frombuffer(target.arena.view(), dtype=np.uint8).fill(0)
+                    target.reset(step, stripe, self.epoch)
                 cell = target
-                with cell.lock:
-                    if cell.arena is not None:  # XOR accumulation starts from zero
-                        np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
             elif from_node in cell.started:
                 raise Conflict(f"node {from_node} already sent its chunk of step {step} here")
             cell.started.add(from_node)
@@ -128,7 +131,6 @@ class ParityHolder:
             if cell.arena is None:
                 path = self.store.parity_path(self.job_id, row, cell.slot)
                 cell.arena = self.store.allocate(path, length, None, context)
-                np.frombuffer(cell.arena.view(), dtype=np.uint8).fill(0)
             elif length > cell.arena.capacity:
                 self.store.grow(cell.arena, length, context)
             cell.length = max(cell.length, length)
@@ -162,12 +164,39 @@ class ParityHolder:
             cell.done[from_node] = digest
             if not cell.complete(self.group) or cell.arena is None:
                 return False
-            cell.checksum = xxhash.xxh3_64_intdigest(cell.arena.view()[: cell.length])
+            cell.checksum = checksum.digest([cell.arena.view(cell.length)])
         with self._lock:
-            manifest = self.manifests.get(step, {}).get(from_node)
+            step_manifests = self.manifests.get(step, {})
+            manifest = step_manifests.get(from_node)
             if manifest is not None:
                 manifest.chunks.append(digest)
+            self._write_record(cell, list(step_manifests.values()))
         return True
+
+    def _write_record(self, cell: Cell, manifests: list[snapshot_pb2.NodeManifest]) -> None:
+        assert cell.arena is not None and cell.checksum is not None  # a complete cell
+        contributors = []
+        for node, d in sorted(cell.done.items()):
+            contributors.append(
+                snapshot_pb2.ChunkDigest(
+                    stripe=cell.stripe, length=d.length, checksum=d.checksum, node=node
+                )
+            )
+        self.store.write_record(
+            cell.arena,
+            snapshot_pb2.ParityRecord(
+                job_id=self.job_id,
+                row=cell.row,
+                slot=cell.slot,
+                step=cell.step,
+                stripe=cell.stripe,
+                length=cell.length,
+                checksum=cell.checksum,
+                contributors=contributors,
+                manifests=manifests,
+                arena_inode=cell.arena.inode,
+            ),
+        )
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -182,21 +211,84 @@ class ParityHolder:
         row = self.row_of(stripe)
         return next((c for c in self._cells[row] if c.step == step and c.stripe == stripe), None)
 
-    def install(self, step: int, stripe: int, data: memoryview, digests: dict[int, int]) -> None:
-        """Put a rebuilt parity cell in place (replacement node), complete."""
+    # -- a rebuilt node's cells -----------------------------------------------------------------
+
+    def install_target(self, step: int, stripe: int, length: int) -> memoryview:
+        """The (zeroed) bytes a rebuild decodes this node's cell of `stripe` into."""
         row = self.row_of(stripe)
         with self._lock:
             cell = min(self._cells[row], key=lambda c: c.step)
             path = self.store.parity_path(self.job_id, row, cell.slot)
             context = f"rebuilt parity of step {step} (job {self.job_id!r}, stripe {stripe})"
-            cell.arena = self.store.allocate(path, len(data), cell.arena, context)
-            cell.arena.view()[: len(data)] = data
-            cell.step, cell.stripe, cell.length = step, stripe, len(data)
+            cell.arena = self.store.allocate(path, length, cell.arena, context)
+            with cell.lock:
+                cell.reset(-1, stripe, self.epoch)  # not servable until finish_install
+                cell.length = length
+            view = cell.arena.view(length)
+            np.frombuffer(view, dtype=np.uint8).fill(0)
+            return view
+
+    def finish_install(
+        self,
+        step: int,
+        stripe: int,
+        digests: dict[int, int],
+        manifests: Iterable[snapshot_pb2.NodeManifest],
+    ) -> None:
+        """Put a rebuilt parity cell in place (replacement node), complete."""
+        row = self.row_of(stripe)
+        with self._lock:
+            cell = next(c for c in self._cells[row] if c.stripe == stripe and c.step == -1)
+            assert cell.arena is not None  # install_target allocated it
+            cell.step = step
             cell.done = {
                 n: snapshot_pb2.ChunkDigest(stripe=stripe, checksum=c) for n, c in digests.items()
             }
             cell.started = set(cell.done)
-            cell.checksum = xxhash.xxh3_64_intdigest(data)
+            cell.checksum = checksum.digest([cell.arena.view(cell.length)])
+            for m in manifests:
+                self.manifests.setdefault(step, {}).setdefault(m.node, m)
+            self._write_record(cell, list(self.manifests.get(step, {}).values()))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def adopt(self, found: Iterable[AdoptedCell]) -> list[int]:
+        """Take over the cells an earlier daemon left (bytes verified against their records);
+        returns the steps of the cells kept."""
+        kept = []
+        for item in found:
+            cells = self._cells.get(item.row)
+            if cells is None or item.slot >= CELL_SLOTS:
+                self.store.free(item.arena)
+                continue
+            cell = cells[item.slot]
+            cell.arena = item.arena
+            rec = item.record
+            if rec is None or rec.row != item.row or rec.slot != item.slot:
+                continue
+            if checksum.digest([item.arena.view(rec.length)]) != rec.checksum:
+                logger.warning(
+                    "job %s: parity cell of step %d, stripe %d does not match its record; "
+                    "not re-adopted",
+                    self.job_id,
+                    rec.step,
+                    rec.stripe,
+                )
+                self.store.drop_record(item.arena)
+                continue
+            cell.reset(rec.step, rec.stripe, self.epoch)
+            cell.length, cell.checksum = rec.length, rec.checksum
+            cell.done = {
+                d.node: snapshot_pb2.ChunkDigest(
+                    stripe=d.stripe, length=d.length, checksum=d.checksum
+                )
+                for d in rec.contributors
+            }
+            cell.started = set(cell.done)
+            for m in rec.manifests:
+                self.manifests.setdefault(rec.step, {}).setdefault(m.node, m)
+            kept.append(rec.step)
+        return kept
 
     def restart(self, committed: int | None) -> None:
         """The job restarted: parity of steps after `committed` is void (they will be saved again,
@@ -207,8 +299,9 @@ class ParityHolder:
                 for c in cells:
                     if committed is None or c.step > committed:
                         with c.lock:
-                            c.step, c.done, c.checksum, c.length = -1, {}, None, 0
-                            c.started = set()
+                            if c.arena is not None:
+                                self.store.drop_record(c.arena)
+                            c.reset(epoch=self.epoch)
             for step in [s for s in self.manifests if committed is None or s > committed]:
                 del self.manifests[step]
 
@@ -217,3 +310,55 @@ class ParityHolder:
         with self._lock:
             for old in [s for s in self.manifests if s < step]:
                 del self.manifests[old]
+
+    def release(self) -> None:
+        """Free every cell (the job was forgotten, or its layout changed)."""
+        with self._lock:
+            for cells in self._cells.values():
+                for c in cells:
+                    if c.arena is not None:
+                        self.store.free(c.arena)
+                        c.arena = None
+                    c.reset()
+            self.manifests.clear()
+
+
+class ChunkSink:
+    """One inbound chunk stream: its pieces folded into the cell as they come, its checksum
+    verified at the end. The gRPC servicer only feeds it."""
+
+    def __init__(
+        self,
+        holder: ParityHolder,
+        cell: Cell,
+        epoch: int,
+        step: int,
+        from_node: int,
+        stripe: int,
+        length: int,
+    ) -> None:
+        self.holder, self.cell, self.epoch = holder, cell, epoch
+        self.step, self.from_node, self.stripe, self.length = step, from_node, stripe, length
+        self._hasher = checksum.StreamDigest()
+        self.received = 0
+
+    def write(self, piece: bytes) -> None:
+        self.holder.accumulate(
+            self.cell, self.epoch, self.step, self.from_node, self.received, piece
+        )
+        self._hasher.update(piece)
+        self.received += len(piece)
+
+    def finish(self, expected: int) -> tuple[snapshot_pb2.ChunkDigest, bool]:
+        """The chunk's digest, and whether it completed the cell."""
+        if self.received != self.length:
+            raise BadRequest(
+                f"chunk of node {self.from_node} ended after {self.received} of {self.length} bytes"
+            )
+        if self._hasher.value() != expected:
+            raise ChecksumMismatch(
+                f"chunk of node {self.from_node} for stripe {self.stripe} of step {self.step} "
+                "arrived corrupted"
+            )
+        digest = snapshot_pb2.ChunkDigest(stripe=self.stripe, length=self.length, checksum=expected)
+        return digest, self.holder.finish(self.cell, self.epoch, self.step, self.from_node, digest)

@@ -1,0 +1,389 @@
+"""Rebuilding a lost node from its group: plan, fetch and fold, verify.
+
+plan    every peer is asked for the job's committed step and the node manifests it holds. A peer
+        that does not answer (down, refusing the secret or the TLS certificate) is named: when no
+        answering peer holds anything committed, that is an error naming them, never "nothing
+        committed" (which would start the job again from scratch).
+fetch   for all stripes at once, k surviving cells of each are streamed (server-streaming gRPC)
+        and every ~1 MiB piece is folded into this node's cell as it arrives (the codec's partial
+        decode: each survivor's share is linear), straight into the arenas the rebuilt slots and
+        parity cells will live in. Memory: the node's blob and its parity cells, plus the pieces
+        in flight. A stream that fails or does not match its checksum is an erasure: the stripe
+        is cleared and done again with the next survivor.
+verify  every decoded chunk against the digest recorded when it was first sent; the local side
+        then checks each rank's slot checksums before anything is served.
+Fewer than k good cells in any stripe is a clear error naming the step, the group and the missing
+nodes; nothing partial is ever installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smp import checksum
+from smp._proto import peer_pb2, snapshot_pb2
+from smp.codec import Codec
+from smp.crossnode.membership import Membership
+from smp.crossnode.receive import ParityHolder
+from smp.errors import RebuildFailed
+from smp.layout import Group, chunk_range
+from smp.local import LocalSnapshots
+from smp.peerclient import PeerClients
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    step: int
+    bytes_fetched: int
+    seconds: float
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    step: int
+    manifests: dict[int, snapshot_pb2.NodeManifest]  # every group member's, digests merged
+    alive: set[int]  # group members holding the step's cells
+    where: str  # "step S of job J, group G (nodes ...), missing nodes [...]" for messages
+
+    def digests(self, node: int) -> dict[int, snapshot_pb2.ChunkDigest]:
+        return {d.stripe: d for d in self.manifests[node].chunks}
+
+
+def _merge_manifests(
+    states: dict[int, peer_pb2.JobStateResponse], step: int
+) -> dict[int, snapshot_pb2.NodeManifest]:
+    """Every node manifest of `step` known to the survivors, with all chunk digests merged."""
+    merged: dict[int, snapshot_pb2.NodeManifest] = {}
+    for state in states.values():
+        for m in state.manifests:
+            if m.step != step:
+                continue
+            have = merged.setdefault(
+                m.node,
+                snapshot_pb2.NodeManifest(
+                    node=m.node, step=m.step, blob_bytes=m.blob_bytes, slots=m.slots
+                ),
+            )
+            known = {d.stripe for d in have.chunks}
+            have.chunks.extend(d for d in m.chunks if d.stripe not in known)
+    return merged
+
+
+def plan(
+    clients: PeerClients,
+    job_id: str,
+    cluster: Membership,
+    executor: Executor,
+    timeout: float,
+) -> Plan | None:
+    """What to rebuild; None only when every peer answered and none holds a committed step."""
+    me, group = cluster.node, cluster.group
+    futures = {
+        n: executor.submit(
+            clients.get(cluster.addresses[n], cluster.secret).job_state, job_id, timeout
+        )
+        for n in cluster.peers()
+    }
+    states: dict[int, peer_pb2.JobStateResponse] = {}
+    failures: dict[int, str] = {}
+    for node, fut in futures.items():
+        try:
+            states[node] = fut.result()
+        except Exception as exc:  # noqa: BLE001 - an unreachable peer counts as lost
+            failures[node] = _cause(exc)
+            logger.warning("job=%s: node %d did not answer: %s", job_id, node, failures[node])
+    committed = [s.committed_step for s in states.values() if s.has_committed]
+    if not committed:
+        if failures:
+            causes = "; ".join(
+                f"node {n} at {cluster.addresses[n]}: {c}" for n, c in failures.items()
+            )
+            raise RebuildFailed(
+                f"cannot rebuild node {me} of job {job_id!r}: no peer that answered holds a "
+                f"committed step, and node(s) {sorted(failures)} did not answer ({causes}). "
+                "Check that their SMPs run and accept this one (address, TLS certificates)"
+            )
+        return None
+    step = max(committed)
+    # A peer that has not yet seen the newest commit still holds that step's cells; one with
+    # nothing committed (a replacement, like this one) holds none.
+    alive = {n for n, s in states.items() if s.has_committed} & set(group.members)
+    missing = sorted(set(group.members) - alive - {me})
+    where = (
+        f"step {step} of job {job_id!r}, group {group.index} (nodes "
+        f"{list(group.members)}), missing nodes {sorted([*missing, me])}"
+    )
+    manifests = _merge_manifests(states, step)
+    if me not in manifests or any(n not in manifests for n in group.members):
+        raise RebuildFailed(
+            f"cannot rebuild {where}: the survivors lack the node manifests "
+            "needed (more nodes lost than the parity covers?)"
+        )
+    return Plan(step, manifests, alive, where)
+
+
+def _cause(exc: BaseException) -> str:
+    details = getattr(exc, "details", None)
+    code = getattr(exc, "code", None)
+    if callable(details) and callable(code):
+        return f"{code().name}: {details()}"
+    return str(exc) or type(exc).__name__
+
+
+# -- fetch and fold -----------------------------------------------------------------------------
+
+
+class _Out:
+    """Where one stripe's rebuilt cell goes: pieces of arenas, `length` bytes in all (the rest of
+    the cell, beyond this node's chunk, is not needed and not computed)."""
+
+    def __init__(self, regions: list[memoryview]) -> None:
+        self.regions = regions
+        self.length = sum(len(r) for r in regions)
+
+    def split(self, at: int, n: int) -> list[tuple[int, memoryview]]:
+        """(offset into a piece of n bytes at cell offset `at`, target view) pairs."""
+        out, base = [], 0
+        end = min(at + n, self.length)
+        for region in self.regions:
+            lo, hi = max(at, base), min(end, base + len(region))
+            if lo < hi:
+                out.append((lo - at, region[lo - base : hi - base]))
+            base += len(region)
+        return out
+
+    def clear(self) -> None:
+        for region in self.regions:
+            np.frombuffer(region, dtype=np.uint8).fill(0)
+
+    def digest(self) -> int:
+        return checksum.digest(self.regions)
+
+
+@dataclass
+class _Stripe:
+    """One stripe's rebuild: where the result goes and what is known of its cells."""
+
+    stripe: int
+    mine: int  # shard index of this node's cell
+    cell_len: int  # bytes of every cell of the stripe (the longest chunk)
+    out: _Out
+    candidates: list[tuple[int, int]]  # (shard index, owner) of surviving cells, in order
+    expected: dict[int, int | None]  # shard index -> digest it must match (None: the header's)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Fetcher:
+    def __init__(
+        self,
+        clients: PeerClients,
+        job_id: str,
+        cluster: Membership,
+        step: int,
+        codec: Codec,
+        executor: Executor,
+        timeout: float,
+    ) -> None:
+        self.clients, self.job_id, self.cluster = clients, job_id, cluster
+        self.step, self.codec, self.executor, self.timeout = step, codec, executor, timeout
+
+    def _stream_one(self, s: _Stripe, chosen: tuple[int, ...], index: int, owner: int) -> int:
+        """Fold survivor `index`'s cell into `s.out` as its pieces arrive; return its length.
+        Raises when the stream fails, overruns the cell, or does not match its checksum."""
+        client = self.clients.get(self.cluster.addresses[owner], self.cluster.secret)
+        hasher = checksum.StreamDigest()
+        announced: int | None = None
+        at = 0
+        for msg in client.fetch_cell(self.job_id, self.step, s.stripe, self.timeout):
+            if msg.HasField("header"):
+                announced = msg.header.checksum
+                continue
+            piece = msg.data
+            if at + len(piece) > s.cell_len:
+                raise ValueError(f"cell overruns the {s.cell_len} bytes expected")
+            hasher.update(piece)
+            with s.lock:
+                for off, target in s.out.split(at, len(piece)):
+                    share = piece[off : off + len(target)]
+                    self.codec.partial_decode(chosen, [s.mine], index, share, [target])
+            at += len(piece)
+        want = s.expected.get(index)
+        if (want if want is not None else announced) != hasher.value():
+            raise ValueError("the cell does not match its checksum")
+        return at
+
+    def stripe(self, s: _Stripe) -> tuple[bool, int]:
+        """Stream k surviving cells concurrently, each folded straight into the result; a cell
+        that fails or does not match its checksum is an erasure: the result is cleared and the
+        stripe is done again with the next survivor. Returns (rebuilt, bytes fetched)."""
+        k = self.cluster.group.k
+        bad: set[int] = set()
+        fetched = 0
+        while True:
+            usable = [(i, o) for i, o in s.candidates if i not in bad]
+            if len(usable) < k:
+                return False, fetched
+            picked = usable[:k]
+            chosen = tuple(sorted(i for i, _ in picked))
+            futures = {
+                self.executor.submit(self._stream_one, s, chosen, i, o): (i, o) for i, o in picked
+            }
+            failed = False
+            for fut, (index, owner) in futures.items():
+                try:
+                    fetched += fut.result()
+                except Exception as exc:  # noqa: BLE001 - an erasure; try the next survivor
+                    logger.warning(
+                        "job=%s step=%d: node %d's cell of stripe %d is lost to the rebuild: %s",
+                        self.job_id,
+                        self.step,
+                        owner,
+                        s.stripe,
+                        _cause(exc),
+                    )
+                    bad.add(index)
+                    failed = True
+            if not failed:
+                return True, fetched
+            s.out.clear()
+
+
+def _data_length(
+    group: Group, manifests: dict[int, snapshot_pb2.NodeManifest], node: int, stripe: int
+) -> int:
+    i = group.data_stripes(node).index(stripe)
+    start, end = chunk_range(manifests[node].blob_bytes, group.k, i)
+    return end - start
+
+
+def _blob_regions(slots: list[memoryview], start: int, end: int) -> list[memoryview]:
+    """Views covering [start, end) of the concatenation of `slots` (the node's blob)."""
+    out, base = [], 0
+    for part in slots:
+        lo, hi = max(start, base), min(end, base + len(part))
+        if lo < hi:
+            out.append(part[lo - base : hi - base])
+        base += len(part)
+    return out
+
+
+def rebuild_node(
+    clients: PeerClients,
+    job_id: str,
+    cluster: Membership,
+    local: LocalSnapshots,
+    engine: str,
+    executor: Executor,
+    timeout: float,
+) -> Rebuilt | None:
+    """Rebuild this node's newest committed step from its peers, installed in place; None if no
+    peer has one (and every peer answered)."""
+    started = time.perf_counter()
+    found = plan(clients, job_id, cluster, executor, timeout)
+    if found is None:
+        return None
+    me, step = cluster.node, found.step
+    holder = cluster.holder
+    assert holder is not None  # a protected job
+    mine = found.manifests[me]
+    records = list(mine.slots)
+    slot_views = local.install_targets(job_id, step, records)
+    ok = False
+    try:
+        fetched = _fetch_all(
+            clients, job_id, cluster, found, slot_views, holder, engine, executor, timeout
+        )
+        ok = True
+    finally:
+        local.finish_install(job_id, step, records, ok)
+    seconds = time.perf_counter() - started
+    logger.info(
+        "job=%s: rebuilt step %d of node %d from %d peers (%d bytes fetched) in %.2fs",
+        job_id,
+        step,
+        me,
+        len(found.alive),
+        fetched,
+        seconds,
+    )
+    return Rebuilt(step, fetched, seconds)
+
+
+def _fetch_all(
+    clients: PeerClients,
+    job_id: str,
+    cluster: Membership,
+    found: Plan,
+    slot_views: list[memoryview],
+    holder: ParityHolder,
+    engine: str,
+    executor: Executor,
+    timeout: float,
+) -> int:
+    me, group, step = cluster.node, cluster.group, found.step
+    fetcher = _Fetcher(
+        clients,
+        job_id,
+        cluster,
+        step,
+        Codec(group.k, group.parity, engine=engine),
+        executor,
+        timeout,
+    )
+    mine = found.manifests[me]
+    my_digests = found.digests(me)
+
+    def one_stripe(stripe: int) -> int:
+        contributors = group.contributors(stripe)
+        cell_len = max(_data_length(group, found.manifests, n, stripe) for n in contributors)
+        mine_index = group.cell_index(stripe, me)
+        if mine_index < group.k:
+            start, end = chunk_range(mine.blob_bytes, group.k, group.data_stripes(me).index(stripe))
+            out = _Out(_blob_regions(slot_views, start, end))
+        else:
+            out = _Out([holder.install_target(step, stripe, cell_len)])
+        candidates = [(i, group.cell_owner(stripe, i)) for i in range(group.size)]
+        candidates = [(i, owner) for i, owner in candidates if owner in found.alive]
+        # A data cell must match the digest its holders recorded; a parity cell, its header.
+        expected: dict[int, int | None] = {}
+        for i, owner in candidates:
+            digest = found.digests(owner).get(stripe) if i < group.k else None
+            expected[i] = digest.checksum if digest is not None else None
+        s = _Stripe(stripe, mine_index, cell_len, out, candidates, expected)
+        out.clear()  # the folds accumulate: start from zero (a reused arena holds old bytes)
+        ok, got = fetcher.stripe(s)
+        if not ok:
+            raise RebuildFailed(
+                f"cannot rebuild {found.where}: stripe {stripe} has fewer than the {group.k} good "
+                "cells needed"
+            )
+        if mine_index >= group.k:
+            digests = {
+                n: found.digests(n)[stripe].checksum
+                for n in contributors
+                if stripe in found.digests(n)
+            }
+            holder.finish_install(step, stripe, digests, found.manifests.values())
+            return got
+        want = my_digests.get(stripe)
+        if want is not None and out.digest() != want.checksum:
+            raise RebuildFailed(
+                f"cannot rebuild {found.where}: the decoded chunk of stripe {stripe} does not "
+                "match its recorded checksum"
+            )
+        return got
+
+    # Stripes in parallel (their fetches on `executor`): the transfers overlap with decoding.
+    with ThreadPoolExecutor(group.size, thread_name_prefix="smp-stripe") as stripes:
+        return sum(stripes.map(one_stripe, range(group.size)))
