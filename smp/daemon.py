@@ -186,8 +186,19 @@ class Daemon:
         return resp
 
     def wait(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set; meanwhile forget jobs idle longer than --job-ttl."""
+        ttl = self.config.job_ttl
         while not stop.wait(0.5):
-            pass
+            if ttl is not None:
+                self.expire(ttl)
+
+    def expire(self, ttl_s: float) -> list[str]:
+        """Forget every job without a request for `ttl_s` seconds; the jobs forgotten."""
+        idle = self._service.idle_jobs(ttl_s)
+        for job_id in idle:
+            logger.warning("job %s: idle for over %gs (--job-ttl): forgetting it", job_id, ttl_s)
+            self._service.forget(job_id)
+        return idle
 
     def stop(self, grace: float = 2.0) -> None:
         """Ordered, idempotent shutdown."""

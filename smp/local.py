@@ -91,7 +91,10 @@ class LocalSnapshots:
             job = self._jobs.get(job_id)
             if job is None:
                 return
+            if step in job.failed:
+                return  # heard already (from another node, or from this one's own sender)
             resolved = commits.fail(job, step, error)
+            self._events("step_failed", job_id, 1)
         logger.warning("job %s: step %d failed: %s", job_id, step, error)
         commits.resolve(resolved)
 

@@ -85,7 +85,14 @@ class _StatusCollector(Collector):
             "Newest step of a job protected on this node (its ranks and parity complete)",
             labels=["job"],
         )
+        degraded = GaugeMetricFamily(
+            "ecsnap_job_protection_degraded",
+            "1 while this node does not hold the job's committed step protected (after an SMP "
+            "restart that lost part of it; the next commit restores it)",
+            labels=["job"],
+        )
         for job in st.jobs:
+            degraded.add_metric([job.job_id], 1 if job.degraded else 0)
             held.add_metric([job.job_id], job.bytes)
             parity.add_metric([job.job_id], job.parity_bytes)
             ranks.add_metric([job.job_id], len(job.ranks))
@@ -94,7 +101,7 @@ class _StatusCollector(Collector):
                 age.add_metric([job.job_id], job.committed_age_s)
             if job.has_protected:
                 protected.add_metric([job.job_id], job.protected_step)
-        yield from (held, parity, ranks, committed, age, protected)
+        yield from (held, parity, ranks, committed, age, protected, degraded)
 
 
 class Metrics:
@@ -180,6 +187,8 @@ class Metrics:
         elif event == "rebuild":
             self.rebuilds.labels(job_id).inc()
             self.rebuild_seconds.labels(job_id).observe(value)
+        elif event == "step_failed":
+            self.skipped.labels(job_id, "failed").inc(value)
         elif event == "checksum_failure":
             self.checksum_failures.labels(job_id).inc(value)
         else:

@@ -108,6 +108,7 @@ def test_every_service_event_reaches_its_metric() -> None:
         ("parity_received", 2048.0),
         ("rebuild", 3.0),
         ("checksum_failure", 1.0),
+        ("step_failed", 1.0),
         ("something_new", 1.0),  # ignored, not an error
     ]
     for name, value in events:
@@ -120,6 +121,7 @@ def test_every_service_event_reaches_its_metric() -> None:
     assert m[("ecsnap_save_to_commit_seconds_sum", j)] == pytest.approx(0.2)
     assert m[("ecsnap_saves_skipped_total", (("job", "j"), ("reason", "aborted")))] == 1
     assert m[("ecsnap_saves_skipped_total", (("job", "j"), ("reason", "refused")))] == 1
+    assert m[("ecsnap_saves_skipped_total", (("job", "j"), ("reason", "failed")))] == 1
     assert m[("ecsnap_parity_sent_bytes_total", j)] == 4096
     assert m[("ecsnap_parity_received_bytes_total", j)] == 2048
     assert m[("ecsnap_rebuilds_total", j)] == 1

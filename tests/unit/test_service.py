@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +11,15 @@ import pytest
 
 from smp.adoption import readopt
 from smp.daemon import assemble
-from smp.errors import BadRequest, ChecksumMismatch, Conflict, MemoryLimitExceeded, NotRegistered
+from smp.errors import (
+    BadRequest,
+    Busy,
+    ChecksumMismatch,
+    Conflict,
+    Internal,
+    MemoryLimitExceeded,
+    NotRegistered,
+)
 from smp.jobs import RankInfo, SlotState
 from smp.service import SnapshotService
 from smp.store import ARENA_GRANULE, Store
@@ -125,3 +134,120 @@ def test_restarted_daemon_readopts_complete_snapshots(
     opened = again.open_snapshot(JOB, 0, 2).result(timeout=10)
     assert opened.manifest == b"manifest"
     assert [s.state for s in again.jobs()[0].ranks[0].slots].count(SlotState.COMPLETE) == 1
+
+
+def _record_of(svc: SnapshotService, slot: int) -> Path:
+    return svc.store.arena_path(JOB, 0, slot).with_suffix(".meta")
+
+
+def test_a_damaged_or_edited_record_is_never_trusted(
+    workdir: Path, pool: ThreadPoolExecutor
+) -> None:
+    svc = make(workdir, pool)
+    slot = save(svc, 201, 1)
+    path = _record_of(svc, slot)
+    blob = bytearray(path.read_bytes())
+    blob[-20] ^= 0xFF  # "edit the step number": any changed byte breaks the record's checksum
+    path.write_bytes(bytes(blob))
+    parts = assemble(Store(str(workdir / "store"), 64 << 20), pool, "auto")
+    assert readopt(parts.service.store, parts.local, parts.crossnode).snapshots == 0
+    assert parts.service.list_steps(JOB, 0)[0] == []
+
+
+def test_a_replaced_arena_leaves_no_stale_record(workdir: Path, pool: ThreadPoolExecutor) -> None:
+    svc = make(workdir, pool)
+    first = save(svc, 1, 1)
+    save(svc, 2, 2)
+    # Step 3 outgrows the slot step 1 was in: a new arena file; the SMP then dies mid-save.
+    grant = svc.begin_save(JOB, 0, 3, 3 * ARENA_GRANULE)
+    assert grant.slot == first
+    assert not _record_of(svc, first).exists()
+    parts = assemble(Store(str(workdir / "store"), 64 << 20), pool, "auto")
+    assert readopt(parts.service.store, parts.local, parts.crossnode).snapshots == 1
+    assert parts.service.list_steps(JOB, 0)[:2] == ([2], 2)  # no phantom step 1 or 3
+
+
+def test_a_failure_while_committing_frees_the_slot_and_wakes_waiters(
+    workdir: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make(workdir, pool)
+    grant = svc.begin_save(JOB, 0, 1, 4096)
+    waiter = svc.wait_committed(JOB, 1)
+
+    def broken(*_: object, **__: object) -> None:
+        raise OSError("the arena could not be read")
+
+    monkeypatch.setattr("smp.checksum.compute", broken)
+    svc.commit_save(JOB, 0, 1, grant.slot, grant.generation, 4096, b"m")
+    with pytest.raises(Internal, match=r"could not finish step 1.*could not be read"):
+        waiter.result(timeout=10)
+    state = svc.jobs()[0].ranks[0].slots[grant.slot]
+    assert state.state is SlotState.EMPTY
+    assert "could not finish step 1" in svc.jobs()[0].last_error
+
+
+def test_a_superseded_writer_can_never_commit(workdir: Path, pool: ThreadPoolExecutor) -> None:
+    svc = make(workdir, pool)
+    svc.register(JOB, RankInfo(0, 1, 0, 1, 0, 1, os.getpid(), session=11))
+    grant = svc.begin_save(JOB, 0, 0, 4096, session=11)
+    svc.commit_save(JOB, 0, 0, grant.slot, grant.generation, 4096, b"m", session=11)
+    svc.wait_committed(JOB, 0).result(timeout=10)
+    stale = svc.begin_save(JOB, 0, 1, 4096, session=11)
+    stale_inode = os.stat(stale.path).st_ino
+    # The rank is relaunched (a new process registers) while the old one is still writing.
+    svc.register(JOB, RankInfo(0, 1, 0, 1, 0, 1, os.getpid(), session=22))
+    with pytest.raises(Conflict, match="registered again"):
+        svc.commit_save(JOB, 0, 1, stale.slot, stale.generation, 4096, b"m", session=11)
+    with pytest.raises(Conflict, match="superseded"):
+        svc.begin_save(JOB, 0, 2, 4096, session=11)
+    live = svc.begin_save(JOB, 0, 1, 4096, session=22)
+    assert live.slot == stale.slot  # the only slot that does not hold the committed step
+    # The old writer (alive: this process) may still write its mapping: the live one gets a new
+    # file, so those late bytes land where nobody reads.
+    assert os.stat(live.path).st_ino != stale_inode
+    svc.commit_save(JOB, 0, 1, live.slot, live.generation, 4096, b"m", session=22)
+    assert svc.wait_committed(JOB, 1).result(timeout=10).committed_step == 1
+
+
+def test_saving_an_older_step_starts_a_new_timeline(
+    workdir: Path, pool: ThreadPoolExecutor
+) -> None:
+    svc = make(workdir, pool)
+    for step in range(6):
+        save(svc, step, step)
+    assert svc.list_steps(JOB, 0)[:2] == ([5, 4], 5)
+    grant = svc.begin_save(JOB, 0, 3, 4096)  # the job went back to step 3
+    steps, committed, _ = svc.list_steps(JOB, 0)
+    assert steps == [] and committed is None  # the old 3..5 are of another timeline
+    waiter = svc.wait_committed(JOB, 3)
+    assert not waiter.done()  # not answered by the old step 5
+    with svc.store.arena_path(JOB, 0, grant.slot).open("r+b") as f:
+        f.write(b"\x33" * 4096)
+    svc.commit_save(JOB, 0, 3, grant.slot, grant.generation, 4096, b"new")
+    assert waiter.result(timeout=10).committed_step == 3
+    save(svc, 4, 4)
+    assert svc.list_steps(JOB, 0)[:2] == ([4, 3], 4)  # never two different "step 5"s
+
+
+def test_pinned_slots_are_kept_and_a_pin_lapses(workdir: Path, pool: ThreadPoolExecutor) -> None:
+    svc = make(workdir, pool)
+    save(svc, 1, 1)
+    save(svc, 2, 2)
+    svc.pin(JOB, 0, 1, True, lease_s=60)  # an export reads step 1
+    with pytest.raises(Busy, match="pinned"):
+        svc.begin_save(JOB, 0, 3, 4096)
+    assert not svc.slots_free(JOB)
+    svc.pin(JOB, 0, 1, True, lease_s=0)  # renewed with no lease left: lapses at once
+    assert svc.slots_free(JOB)
+    assert svc.begin_save(JOB, 0, 3, 4096).slot == 0
+
+
+def test_forget_frees_everything(workdir: Path, pool: ThreadPoolExecutor) -> None:
+    svc = make(workdir, pool)
+    save(svc, 1, 1)
+    save(svc, 2, 2)
+    assert svc.store.used > 0
+    assert svc.forget(JOB) == 2 * ARENA_GRANULE
+    assert svc.store.used == 0 and not svc.store.job_dir(JOB).exists()
+    assert svc.jobs() == []
+    assert svc.idle_jobs(0) == []
