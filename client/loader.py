@@ -127,7 +127,9 @@ class _Plan:
             if same and _writable(current):
                 self.copies.append((current, saved.view))
                 return current
-            if strict:
+            # A live parameter is referenced by its optimizer and module: replacing it with a
+            # fresh tensor would silently train something else.
+            if strict or isinstance(current, nn.Parameter):
                 why = (
                     "it cannot be written in place (an expanded or inference tensor)"
                     if same

@@ -80,20 +80,35 @@ def _check_world(session: Session, everyone: list[Any]) -> None:
 
 
 def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, Opened] | None:
-    """Collective: open the newest of `steps` that every rank can open (checksums verified)."""
+    """Collective: open the newest of `steps` that every rank can open (checksums verified).
+
+    Across nodes, a copy that fails verification is dropped by its SMP, which then rebuilds it
+    from its group's parity (one more try of the same step) before older steps are tried."""
     problems = []
-    for step in steps:
-        opened, error = None, ""
+    retried = False
+    queue = list(steps)
+    while queue:
+        step = queue[0]
+        opened, error, damaged = None, "", False
         try:
             opened = session.client.open_snapshot(session.rank, step, verify)
         except EcsnapError as exc:
-            error = str(exc)
-        bad = [f"rank {r}: {e}" for r, e in session.all_gather((session.rank, error)) if e]
-        if bad or opened is None:
-            problems.append(f"step {step}: " + "; ".join(bad))
-            logger.warning("cannot restore step %d (%s); trying an older one", step, bad)
-            continue
-        return step, opened
+            error, damaged = str(exc), getattr(exc, "code", "") == "CHECKSUM_MISMATCH"
+        outcome = session.all_gather((session.rank, error, damaged))
+        bad = [f"rank {r}: {e}" for r, e, _ in outcome if e]
+        if not bad and opened is not None:
+            return step, opened
+        if session.layout.protected and not retried and any(d for *_, d in outcome):
+            retried = True
+            logger.warning("step %d is damaged on some node (%s): rebuilding it", step, bad)
+            try:
+                session.rebuild_if_lost()
+                continue
+            except RestoreError as exc:
+                bad.append(f"rebuild: {exc}")
+        queue.pop(0)
+        problems.append(f"step {step}: " + "; ".join(bad))
+        logger.warning("cannot restore step %d (%s); trying an older one", step, bad)
     if problems:
         raise RestoreError("no common step could be restored: " + " | ".join(problems))
     return None

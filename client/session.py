@@ -72,6 +72,7 @@ class Session:
         self.group: JobGroup | None = None
         self._introduction: dict[str, Any] | None = None  # what the SMP was told of the job
         self._reported: set[int | None] = set()  # failed steps already raised
+        self.last_rebuild: RebuildInfo | None = None  # this node's last rebuild answer
         self._degraded = ""
 
     @property
@@ -246,6 +247,8 @@ class Session:
         failed = [f"node {n}: {e}" for n, e in outcome if e]
         if failed:
             raise RestoreError("cannot restore: " + "; ".join(sorted(set(failed))))
+        if info is not None:
+            self.last_rebuild = info
         if info is not None and info.rebuilt:
             logger.warning(
                 "node %d: rebuilt step %s from its group's peers in %.2fs (%d bytes fetched)",

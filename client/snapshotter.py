@@ -77,7 +77,6 @@ class Snapshotter:
         self._arenas: dict[int, MappedArena] = {}
         self._closed = False
         self.skipped = 0  # saves skipped because no slot was free (previous step not committed)
-        self.last_rebuild: RebuildInfo | None = None
 
     # -- where we are ---------------------------------------------------------------------------
 
@@ -92,6 +91,12 @@ class Snapshotter:
     @property
     def smp_info(self) -> SMPInfo | None:
         return self._session.info
+
+    @property
+    def last_rebuild(self) -> RebuildInfo | None:
+        """What this node's SMP answered the last rebuild request of restore() (local rank 0
+        asks): whether it rebuilt the job's committed step from its peers, and how fast."""
+        return self._session.last_rebuild
 
     @property
     def fence_wait_s(self) -> float:
@@ -162,7 +167,7 @@ class Snapshotter:
         self._copier.finish_inflight()
         self._session.join()
         if self.layout.protected:
-            self.last_rebuild = self._session.rebuild_if_lost()
+            self._session.rebuild_if_lost()
         return restorer.restore(self._session, app_state, self.verify)
 
     def export_dcp(self, path: Any, step: int | None = None, *, wait: bool = True) -> int:
@@ -175,7 +180,7 @@ class Snapshotter:
         self._copier.finish_inflight()
         self._session.join()
         if self.layout.protected:
-            self.last_rebuild = self._session.rebuild_if_lost()
+            self._session.rebuild_if_lost()
         return self._exports.start(path, step, self.verify, wait)
 
     def wait_export(self, timeout: float | None = None) -> None:

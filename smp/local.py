@@ -124,7 +124,8 @@ class LocalSnapshots:
         self, job_id: str, step: int, records: list[snapshot_pb2.SlotRecord]
     ) -> list[memoryview]:
         """A rebuild writes straight into the slots it will install: take one slot per rank
-        (WRITING, never the kept one) and return their bytes, in rank order."""
+        (never the kept one; the one already holding `step`, when a rank still has it: the rebuild
+        writes the same bytes) and return their bytes, in rank order."""
         out = []
         with self._lock:
             job = self._jobs.get(job_id)
@@ -132,7 +133,9 @@ class LocalSnapshots:
                 raise NotRegistered(f"job {job_id!r} has no registered rank on this SMP")
             for rec in sorted(records, key=lambda r: r.rank):
                 state = job.ranks.setdefault(rec.rank, RankState(rec.rank))
-                slot = slots.target_slot(job, state)
+                slot = state.complete(step) or slots.target_slot(job, state)
+                if slot.arena is not None:
+                    self.store.drop_record(slot.arena)
                 path = self.store.arena_path(job_id, rec.rank, slot.index)
                 context = f"rebuilding step {step} of job {job_id!r} rank {rec.rank}"
                 slot.arena = self.store.allocate(path, rec.nbytes, slot.arena, context)

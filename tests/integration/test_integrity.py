@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,42 @@ def test_forget_frees_a_jobs_memory(workdir: Path, smp_node: LocalSMP) -> None:
         snap.save(0, {"x": torch.ones(1 << 20)}).wait_protected(timeout=60)
         assert snap.forget() > 0
     assert json.loads(report.to_json(report.fetch_status(smp_node.socket)))["jobs"] == []
+
+
+def test_protection_lost_in_a_restart_is_reported_until_the_next_commit(workdir: Path) -> None:
+    with LocalCluster(workdir / "c", nodes=2, memory_limit="256M") as cluster:
+        run = launch_ranks(workdir / "run", "deg", cluster.sockets, 1, ARGS, parity(2))
+        assert run.wait(300) == [0, 0], run.output()
+        smp = cluster.smps[0]
+        smp.stop(9)
+        for record in Path(smp.store_dir, "deg").glob("p*.meta"):
+            record.unlink()  # the parity node 0 held does not survive this "restart"
+        smp.start()
+        job = next(j for j in report.fetch_status(smp.socket).jobs if j.job_id == "deg")
+        assert "lost the parity it holds" in job.degraded and "next committed step" in job.degraded
+        more = launch_ranks(
+            workdir / "run",
+            "deg",
+            cluster.sockets,
+            1,
+            ["--steps", "10", "--shard-size", "65536"],
+            parity(2),
+        )
+        assert more.wait(300) == [0, 0], more.output()
+        job = next(j for j in report.fetch_status(smp.socket).jobs if j.job_id == "deg")
+        assert job.committed_step == 9 and job.degraded == ""
+
+
+def test_idle_jobs_are_forgotten_after_the_ttl(workdir: Path) -> None:
+    node = LocalSMP(workdir / "ttl", "64M", ("--job-ttl", "1")).start()
+    try:
+        with ecsnap.Snapshotter(job_id="idle", socket=node.socket) as snap:
+            snap.save(1, {"x": torch.ones(1 << 16)}).wait_protected(timeout=60)
+        deadline = time.monotonic() + 30
+        while report.fetch_status(node.socket).jobs:
+            assert time.monotonic() < deadline, "the idle job was never forgotten"
+            time.sleep(0.2)
+        assert report.fetch_status(node.socket).memory_used == 0
+        assert "idle for over 1s" in node.tail()
+    finally:
+        node.close()

@@ -19,6 +19,7 @@ from ecsnap.testing import (
     read_restore,
     short_tmpdir,
 )
+from smp import report
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -129,3 +130,22 @@ def test_two_lost_nodes_are_rebuilt_with_two_parity(cluster: Cluster, reference:
     cluster.lose(1, 3)
     relaunch_and_check(cluster, reference, out, "m2", 2)
     assert rebuilt_nodes(out) == {1, 3}
+
+
+def test_a_damaged_snapshot_is_rebuilt_from_parity(cluster: Cluster, reference: Path) -> None:
+    """One byte of node 1's copy of the committed step flips while the job is down: restore
+    finds it (checksums), drops that copy and rebuilds it from the group's parity."""
+    out = cluster.root / "damaged"
+    crash(cluster, out, "damaged", 1)
+    smp = cluster.smps[1]
+    job = next(j for j in report.fetch_status(smp.socket).jobs if j.job_id == "damaged")
+    rank = job.ranks[0]
+    slot = next(s for s in rank.slots if s.step == job.committed_step and s.state == 4)
+    arena = Path(smp.store_dir, "damaged", f"r{rank.rank}.s{slot.slot}.arena")
+    with arena.open("r+b") as f:
+        f.seek(slot.nbytes // 2)
+        byte = f.read(1)
+        f.seek(slot.nbytes // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert relaunch_and_check(cluster, reference, out, "damaged", 1) == job.committed_step
+    assert rebuilt_nodes(out) == {1}

@@ -153,3 +153,11 @@ def test_fenced_storages_are_those_of_optimizers_and_frozen_or_buffer_tensors() 
         "ema": False,  # nobody's: copied before save() returns
     }
     assert dict(zip(names, background, strict=True)) == expected
+
+
+def test_a_live_parameter_of_another_shape_is_refused_not_replaced() -> None:
+    live = {"p": nn.Parameter(torch.zeros(4))}
+    before = live["p"]
+    with pytest.raises(RestoreError, match=r"p: saved torch.float32\[3\], live torch.float32\[4\]"):
+        load_into(live, read_back({"p": nn.Parameter(torch.ones(3))}))
+    assert live["p"] is before
