@@ -35,6 +35,9 @@ def error_of(error: pb.Error, where: str) -> SnapshotError:
     return _ERRORS.get(error.code, SnapshotError)(f"{where}: {error.message}", code)
 
 
+_RESTART_CHECK_S = 0.5  # while waiting, how often to look whether the SMP was restarted
+
+
 class Channel:
     def __init__(self, socket_path: str, job_id: str, timeout: float) -> None:
         self.socket_path = socket_path
@@ -59,26 +62,7 @@ class Channel:
         getattr(request, kind).CopyFrom(body)
         limit = self.timeout if timeout is None else timeout
         with self._lock:
-            if not os.path.exists(self.socket_path):
-                raise SMPUnavailableError(
-                    f"no SMP socket at {self.socket_path}: start the node's SMP (`smp serve "
-                    f"--socket {self.socket_path}` or `smp launch`), or point $ECSNAP_SOCKET at it"
-                )
-            sock = self._socket()
-            sock.send(request.SerializeToString())
-            deadline = time.monotonic() + limit
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
-                    self._reset()
-                    raise SMPUnavailableError(
-                        f"the SMP at {self.socket_path} did not answer {kind} within {limit:g}s: "
-                        "is it running (`smp status`)?"
-                    )
-                response = pb.Response()
-                response.ParseFromString(sock.recv())
-                if response.request_id == request.request_id:
-                    break
+            response = self._exchange(kind, request, limit)
         if response.HasField("error"):
             raise error_of(response.error, f"SMP at {self.socket_path}")
         if response.WhichOneof("body") != kind:
@@ -87,6 +71,45 @@ class Channel:
                 f"{response.WhichOneof('body')}: is it the same ecsnap version?"
             )
         return response
+
+    def _inode(self) -> int:
+        try:
+            return os.stat(self.socket_path).st_ino
+        except FileNotFoundError:
+            raise SMPUnavailableError(
+                f"no SMP socket at {self.socket_path}: start the node's SMP (`smp serve "
+                f"--socket {self.socket_path}` or `smp launch`), or point $ECSNAP_SOCKET at it"
+            ) from None
+
+    def _exchange(self, kind: str, request: pb.Request, limit: float) -> pb.Response:
+        """Send and wait for the matching reply. If the SMP restarts meanwhile (a new socket
+        file), the request died with the old one: it is sent once more to the new SMP instead of
+        waiting out the timeout."""
+        inode = self._inode()
+        sock = self._socket()
+        sock.send(request.SerializeToString())
+        resent = False
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._reset()
+                raise SMPUnavailableError(
+                    f"the SMP at {self.socket_path} did not answer {kind} within {limit:g}s: "
+                    "is it running (`smp status`)?"
+                )
+            if not sock.poll(int(min(remaining, _RESTART_CHECK_S) * 1000) + 1):
+                now = self._inode() if os.path.exists(self.socket_path) else inode
+                if now != inode and not resent:
+                    self._reset()
+                    inode, resent = now, True
+                    sock = self._socket()
+                    sock.send(request.SerializeToString())
+                continue
+            response = pb.Response()
+            response.ParseFromString(sock.recv())
+            if response.request_id == request.request_id:
+                return response
 
     def _reset(self) -> None:
         # A fresh socket drops queued requests and replies of a dead or restarted SMP.

@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--repeats", type=int, default=3)
     cluster.add_argument("--parity", default="1,2", help="parity settings to run (default 1,2)")
     cluster.add_argument("--json", default=None, help="write raw results here")
+    from ecsnap.bench import chaos
+
+    chaos.add_arguments(
+        bench_sub.add_parser(
+            "chaos",
+            help="a 4-node job under random faults ends bit for bit like a clean run",
+            description=chaos.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     # `ecsnap bench train` parses its own arguments (they live with the benchmark): see main().
     bench_sub.add_parser(
         "train",
@@ -67,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     from smp.config import parse_size
 
+    if args.bench == "chaos":
+        from ecsnap.bench import chaos
+
+        return chaos.run(args)
     if args.bench == "cluster":
         from ecsnap.bench import cluster
 

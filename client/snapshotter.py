@@ -77,6 +77,7 @@ class Snapshotter:
         self._arenas: dict[int, MappedArena] = {}
         self._closed = False
         self.skipped = 0  # saves skipped because no slot was free (previous step not committed)
+        self._skipped_in_a_row = 0
 
     # -- where we are ---------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Snapshotter:
                 raise
             logger.info("rank %d: step %d skipped: %s", e.rank, step, exc)
             return self._skip(step)
+        self._skipped_in_a_row = 0
         handle = SaveHandle(step, flat.nbytes, self._session.wait_committed)
         self._copier.start(handle, flat, self._map(grant), grant)
         handle.blocked_s = time.perf_counter() - start
@@ -141,6 +143,16 @@ class Snapshotter:
 
     def _skip(self, step: int) -> SaveHandle:
         self.skipped += 1
+        self._skipped_in_a_row += 1
+        n = self._skipped_in_a_row
+        if self.rank == 0 and (n in (1, 10) or n % 100 == 0):
+            logger.warning(
+                "step %d not snapshotted (%d in a row): the previous step is not committed on "
+                "every node yet; if this goes on, a peer SMP is slow or unreachable (its log and "
+                "`smp status` say which)",
+                step,
+                n,
+            )
         return SaveHandle.skipped_step(step, self._session.wait_committed)
 
     def _map(self, grant: Grant) -> MappedArena:

@@ -94,7 +94,7 @@ class Daemon:
         service, self.crossnode = parts.service, parts.crossnode
         readopt(self.store, parts.local, self.crossnode)
         servicer = PeerServicer(self.crossnode, self.node_id, self.engine)
-        self.peer = PeerServer(servicer, cfg.host, cfg.port, tls=tls)
+        self.peer = self._bind_peer(servicer, tls)
         self.control = ControlServer(
             service, self.crossnode, cfg.socket, self.status, self.registration, self._slow
         )
@@ -123,6 +123,28 @@ class Daemon:
             format_size(self.store.memory_limit),
             self.engine,
         )
+
+    def _bind_peer(self, servicer: PeerServicer, tls: PeerTls | None) -> PeerServer:
+        """The peer port. With --port 0 a restarted SMP first tries the port it had on this
+        store: its jobs' peers know it by that address and keep reaching it."""
+        cfg = self.config
+        assert self.store is not None
+        remembered = self.store.remembered_port() if cfg.port == 0 else None
+        server = None
+        if remembered:
+            try:
+                server = PeerServer(servicer, cfg.host, remembered, tls=tls)
+            except (OSError, RuntimeError) as exc:
+                logger.warning(
+                    "the peer port this store's SMP had (%d) is taken (%s): peers of its jobs "
+                    "learn the new one when the jobs rejoin",
+                    remembered,
+                    exc,
+                )
+        if server is None:
+            server = PeerServer(servicer, cfg.host, cfg.port, tls=tls)
+        self.store.remember_port(server.port)
+        return server
 
     def registration(self) -> pb.RegisterResponse:
         """What a registering rank is told (static: no per-job work)."""

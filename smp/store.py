@@ -38,6 +38,7 @@ ARENA_GRANULE = 2 << 20
 _SLOT_NAME = re.compile(r"^r(\d+)\.s(\d+)\.arena$")
 _PARITY_NAME = re.compile(r"^p(\d+)\.s(\d+)\.arena$")
 CLUSTER_FILE = "cluster.meta"
+PORT_FILE = "smp.port"
 R = TypeVar("R", bound=Message)
 
 
@@ -193,6 +194,16 @@ class Store:
 
     def cluster_path(self, job_id: str) -> Path:
         return self.root / job_id / CLUSTER_FILE
+
+    def remembered_port(self) -> int | None:
+        """The peer port an earlier SMP on this store had (see Daemon._bind_peer)."""
+        try:
+            return int((self.root / PORT_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember_port(self, port: int) -> None:
+        (self.root / PORT_FILE).write_text(str(port))
 
     # -- memory -----------------------------------------------------------------------------------
 
