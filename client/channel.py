@@ -72,9 +72,12 @@ class Channel:
             )
         return response
 
-    def _inode(self) -> int:
+    def _inode(self) -> tuple[int, int]:
+        """Which socket file is there: a restarted SMP binds a new one (the inode number alone
+        may be reused at once, the change time is not)."""
         try:
-            return os.stat(self.socket_path).st_ino
+            st = os.stat(self.socket_path)
+            return st.st_ino, st.st_ctime_ns
         except FileNotFoundError:
             raise SMPUnavailableError(
                 f"no SMP socket at {self.socket_path}: start the node's SMP (`smp serve "

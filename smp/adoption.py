@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from smp._proto import snapshot_pb2
 from smp.crossnode.coordinator import CrossNode
+from smp.crossnode.membership import Membership, layout_of
 from smp.local import LocalSnapshots
 from smp.store import AdoptedCell, Store
 
@@ -35,7 +37,7 @@ def readopt(store: Store, local: LocalSnapshots, crossnode: CrossNode) -> Readop
     for cell in found.cells:
         cells.setdefault(cell.job_id, []).append(cell)
     for job_id, record in found.clusters.items():
-        why = crossnode.adopt(record, cells.pop(job_id, []))
+        why = _adopt_member(crossnode, local, record, cells.pop(job_id, []))
         out.jobs_across_nodes += 1
         if why:
             out.degraded[job_id] = why
@@ -51,3 +53,39 @@ def readopt(store: Store, local: LocalSnapshots, crossnode: CrossNode) -> Readop
             store.root,
         )
     return out
+
+
+def _adopt_member(
+    crossnode: CrossNode,
+    local: LocalSnapshots,
+    record: snapshot_pb2.ClusterRecord,
+    cells: list[AdoptedCell],
+) -> str:
+    """A job an earlier daemon protected: its membership, committed step and parity cells come
+    back; returns why protection is degraded ("" when it is not)."""
+    job_id = record.job_id
+    layout = layout_of(record)
+    holder = crossnode.new_holder(job_id, layout, record.node)
+    assert holder is not None  # a multi-node layout
+    member = Membership(layout, record.node, tuple(record.addresses), record.secret, holder)
+    holder.adopt(cells)
+    crossnode.add(job_id, member)
+    if not record.has_committed:
+        return ""
+    step = record.committed
+    member.sent(step, list(record.sent))
+    local.adopt_commit(job_id, step, layout.num_nodes)
+    lacking = []
+    if local.node_parts(job_id, step) is None:
+        lacking.append("its ranks' snapshots")
+    if not holder.complete(step):
+        lacking.append("the parity it holds for its group")
+    if lacking:
+        why = (
+            f"node {record.node} lost {' and '.join(lacking)} of committed step {step} in a "
+            "restart; the next committed step restores protection"
+        )
+        local.set_degraded(job_id, why)
+        return why
+    member.protected = step
+    return ""

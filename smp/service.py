@@ -83,15 +83,7 @@ class SnapshotService:
 
     def register(self, job_id: str, info: RankInfo) -> None:
         valid_job_id(job_id)
-        if info.world_size < 1 or info.rank >= info.world_size:
-            raise BadRequest(f"rank {info.rank} is not within world size {info.world_size}")
-        if info.local_world_size < 1 or info.local_rank >= info.local_world_size:
-            raise BadRequest(
-                f"local rank {info.local_rank} is not within local world size "
-                f"{info.local_world_size}"
-            )
-        if info.num_nodes < 1 or info.node_rank >= info.num_nodes:
-            raise BadRequest(f"node {info.node_rank} is not within {info.num_nodes} nodes")
+        slots.check_rank_info(info)
         with self._lock:
             job = self._jobs.setdefault(job_id, Job(job_id))
             job.last_active = time.monotonic()
@@ -127,18 +119,14 @@ class SnapshotService:
     ) -> SlotGrant:
         if not 0 < nbytes <= MAX_SNAPSHOT:
             raise BadRequest(f"snapshot size {nbytes} is out of range 1..{MAX_SNAPSHOT}")
-        rewound = False
         with self._lock:
             job = self._job(job_id)
             state = slots.rank_of(job, job_id, rank)
             assert job is not None  # rank_of checked it
             slots.check_session(state, job_id, session)
-            held = [s.step for s in state.slots if s.state is SlotState.COMPLETE]
-            if (held and step <= max(held)) or (
-                job.committed is not None and step <= job.committed
-            ):
-                self._rewind(job, state, step)
-                rewound = True
+            rewound = slots.is_rewind(job, state, step)
+            if rewound:
+                slots.rewind(self.store, job, state, step)
             slot = slots.target_slot(job, state)
             context = f"saving step {step} of job {job_id!r} rank {rank} ({format_size(nbytes)})"
             # Allocation may replace the arena file: do it before touching the slot's state so
@@ -164,26 +152,6 @@ class SnapshotService:
                 self._listener.on_rewind(job_id, step)
             self._listener.on_begin(job_id, step)
         return grant
-
-    def _rewind(self, job: Job, state: RankState, step: int) -> None:
-        """`step` is not newer than what the rank holds: the job went back (restarted from an
-        older state). A new timeline: this rank's snapshots of `step` and later are dropped, so
-        two different states never carry the same step number."""
-        dropped = []
-        for s in state.slots:
-            if s.state is not SlotState.EMPTY and s.step >= step and s.arena is not None:
-                self.store.drop_record(s.arena)
-                dropped.append(s.step)
-                s.clear()
-        commits.rewind(job, step)
-        logger.warning(
-            "job %s rank %d: saving step %d, not newer than what it holds: a new timeline; its "
-            "snapshots of steps %s are dropped",
-            job.job_id,
-            state.rank,
-            step,
-            sorted(dropped) or "(none)",
-        )
 
     def commit_save(
         self,

@@ -12,13 +12,17 @@ old writer's late bytes land in memory nobody reads.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
-from smp import checksum
+from smp import checksum, commits
 from smp._proto import snapshot_pb2
 from smp.errors import BadRequest, Busy, Conflict, NotRegistered
-from smp.jobs import SLOTS_PER_RANK, Job, RankState, Slot, SlotState
+from smp.jobs import SLOTS_PER_RANK, Job, RankInfo, RankState, Slot, SlotState
+from smp.store import Store
+
+logger = logging.getLogger(__name__)
 
 
 def rank_of(job: Job | None, job_id: str, rank: int) -> RankState:
@@ -119,3 +123,41 @@ def complete(slot: Slot, rec: snapshot_pb2.SlotRecord, sums: checksum.Checksums)
     slot.manifest, slot.checksums = rec.manifest, sums
     slot.completed_at = rec.completed_unix or time.time()
     slot.world_size = rec.world_size
+
+
+def check_rank_info(info: RankInfo) -> None:
+    if info.world_size < 1 or info.rank >= info.world_size:
+        raise BadRequest(f"rank {info.rank} is not within world size {info.world_size}")
+    if info.local_world_size < 1 or info.local_rank >= info.local_world_size:
+        raise BadRequest(
+            f"local rank {info.local_rank} is not within local world size {info.local_world_size}"
+        )
+    if info.num_nodes < 1 or info.node_rank >= info.num_nodes:
+        raise BadRequest(f"node {info.node_rank} is not within {info.num_nodes} nodes")
+
+
+def is_rewind(job: Job, state: RankState, step: int) -> bool:
+    """Is `step` not newer than what the rank holds (or the job committed)?"""
+    held = [s.step for s in state.slots if s.state is SlotState.COMPLETE]
+    return bool(held and step <= max(held)) or (job.committed is not None and step <= job.committed)
+
+
+def rewind(store: Store, job: Job, state: RankState, step: int) -> None:
+    """`step` is not newer than what the rank holds: the job went back (restarted from an
+    older state). A new timeline: this rank's snapshots of `step` and later are dropped, so two
+    different states never carry the same step number."""
+    dropped = []
+    for s in state.slots:
+        if s.state is not SlotState.EMPTY and s.step >= step and s.arena is not None:
+            store.drop_record(s.arena)
+            dropped.append(s.step)
+            s.clear()
+    commits.rewind(job, step)
+    logger.warning(
+        "job %s rank %d: saving step %d, not newer than what it holds: a new timeline; its "
+        "snapshots of steps %s are dropped",
+        job.job_id,
+        state.rank,
+        step,
+        sorted(dropped) or "(none)",
+    )

@@ -54,6 +54,8 @@ class Figures:
     rebuild_fetched: int
     tcp_rebuild_s: float  # raw TCP: the fetched bytes over k concurrent streams
     grpc_rebuild_s: float
+    rebuild_rss_growth: int = 0  # the fresh SMP's peak RSS over its RSS before the rebuild
+    rebuild_installed: int = 0  # bytes the rebuild installs: the node's blob and its parity
 
     def summary(self) -> dict[str, float]:
         commit = statistics.median(self.commit_s)
@@ -72,6 +74,7 @@ class Figures:
             "rebuild_vs_tcp": self.tcp_rebuild_s / self.rebuild_s,
             "grpc_rebuild_GBps": self.rebuild_fetched / self.grpc_rebuild_s / 1e9,
             "rebuild_vs_grpc": self.grpc_rebuild_s / self.rebuild_s,
+            "rebuild_rss_over_installed": self.rebuild_rss_growth / max(self.rebuild_installed, 1),
         }
 
 
@@ -282,10 +285,13 @@ def run_setting(root: Path, m: int, size: int, repeats: int, limit: str) -> Figu
         for n in nodes:
             n.join(job)
         configure(nodes, m)  # the job's relaunch introduces the fresh SMP
-        assert lost.channel is not None
+        assert lost.channel is not None and lost.smp is not None and lost.smp.proc is not None
+        before = _rss(lost.smp.proc.pid)["VmRSS"]
         started = time.perf_counter()
         r = lost.channel.rebuild(600.0)
         rebuild_s = time.perf_counter() - started
+        growth = _rss(lost.smp.proc.pid)["VmHWM"] - before
+        installed = size + size * m // k  # its blob and its m/k share of parity
         if not r.rebuilt or r.step != repeats:
             raise RuntimeError(f"rebuild did not restore step {repeats}: {r}")
         listed = lost.channel.list_steps(lost.index)
@@ -307,10 +313,22 @@ def run_setting(root: Path, m: int, size: int, repeats: int, limit: str) -> Figu
             r.bytes_fetched,
             tcp_rebuild,
             grpc_rebuild,
+            growth,
+            installed,
         )
     finally:
         for n in nodes:
             n.close()
+
+
+def _rss(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
 
 
 def render(results: list[Figures]) -> str:
@@ -320,6 +338,7 @@ def render(results: list[Figures]) -> str:
         f"{'/TCP':>5} {'/gRPC':>5}"
     )
     lines = [head]
+    memory = []
     for f in results:
         s = f.summary()
         lines.append(
@@ -331,7 +350,14 @@ def render(results: list[Figures]) -> str:
             f"{s['grpc_rebuild_GBps']:>5.2f} {s['rebuild_vs_tcp']:>5.2f} "
             f"{s['rebuild_vs_grpc']:>5.2f}"
         )
-    return "\n".join(lines)
+        memory.append(
+            f"  {NODES}/{f.parity}: the rebuilding SMP's peak RSS grew by "
+            f"{f.rebuild_rss_growth / 2**20:.0f} MiB while installing "
+            f"{f.rebuild_installed / 2**20:.0f} MiB ({s['rebuild_rss_over_installed']:.2f}x)"
+        )
+    return "\n".join(
+        [*lines, "rebuild memory (target: at most what it installs + a constant):", *memory]
+    )
 
 
 def run_cluster(size: int, repeats: int, parities: list[int], json_path: str | None) -> int:

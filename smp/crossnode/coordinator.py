@@ -15,16 +15,14 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 
-from smp import checksum
 from smp._proto import snapshot_pb2
-from smp.crossnode import rebuild, send
-from smp.crossnode.membership import Membership, layout_of
+from smp.crossnode import rebuild, send, serve
+from smp.crossnode.membership import Membership
 from smp.crossnode.receive import ChunkSink, ParityHolder
 from smp.errors import (
     BadRequest,
@@ -35,10 +33,9 @@ from smp.errors import (
     Unauthenticated,
     from_code,
 )
-from smp.layout import Layout, LayoutError, chunk_range
+from smp.layout import Layout, LayoutError
 from smp.local import LocalSnapshots
 from smp.peerclient import PeerClients
-from smp.store import AdoptedCell
 from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
@@ -331,45 +328,10 @@ class CrossNode:
     # -- serving peers --------------------------------------------------------------------------
 
     def job_state(self, job_id: str) -> tuple[int | None, list[snapshot_pb2.NodeManifest]]:
-        member = self._protected_member(job_id)
-        assert member.holder is not None
-        committed = self._local.committed(job_id)
-        if committed is None:
-            return None, []
-        manifests = list(member.holder.manifests.get(committed, {}).values())
-        node = self._local.node_parts(job_id, committed)
-        if node is not None:
-            parts, records = node
-            manifests.append(
-                snapshot_pb2.NodeManifest(
-                    node=member.node,
-                    step=committed,
-                    blob_bytes=sum(len(p) for p in parts),
-                    slots=records,
-                    chunks=member.digests.get(committed, []),
-                )
-            )
-        return committed, manifests
+        return serve.job_state(self._protected_member(job_id), self._local, job_id)
 
     def cell_source(self, job_id: str, step: int, stripe: int) -> tuple[int, list[memoryview]]:
-        member = self._protected_member(job_id)
-        group = member.group
-        assert member.holder is not None
-        if not 0 <= stripe < group.size:
-            raise BadRequest(f"stripe {stripe} is out of range 0..{group.size - 1}")
-        if member.node in group.holders(stripe):
-            cell = member.holder.cell(step, stripe)
-            if cell is None or cell.arena is None or cell.checksum is None:
-                raise NotFound(f"no complete parity of stripe {stripe} for step {step} here")
-            return cell.checksum, [cell.arena.view()[: cell.length]]
-        node = self._local.node_parts(job_id, step)
-        if node is None:
-            raise NotFound(f"this node holds no complete step {step} of job {job_id!r}")
-        parts, _ = node
-        i = group.data_stripes(member.node).index(stripe)
-        start, end = chunk_range(sum(len(p) for p in parts), group.k, i)
-        pieces = list(send.blob_pieces(parts, start, end))
-        return checksum.digest(pieces), pieces
+        return serve.cell_source(self._protected_member(job_id), self._local, job_id, step, stripe)
 
     # -- rebuild --------------------------------------------------------------------------------
 
@@ -404,37 +366,14 @@ class CrossNode:
 
     # -- adoption, status, lifecycle ------------------------------------------------------------
 
-    def adopt(self, record: snapshot_pb2.ClusterRecord, cells: Iterable[AdoptedCell]) -> str:
-        """A job an earlier daemon protected: its membership, committed step and parity cells
-        come back; returns why protection is degraded ("" when it is not)."""
-        job_id = record.job_id
-        layout = layout_of(record)
-        holder = self._holder(job_id, layout, record.node)
-        member = Membership(layout, record.node, tuple(record.addresses), record.secret, holder)
-        assert holder is not None
-        holder.adopt(cells)
-        self._local.set_clustered(job_id, True, layout.describe(), layout.num_nodes)
+    def add(self, job_id: str, member: Membership) -> None:
+        """A membership known from before (re-adopted at start)."""
         with self._lock:
             self._members[job_id] = member
-        if not record.has_committed:
-            return ""
-        step = record.committed
-        member.sent(step, list(record.sent))
-        self._local.adopt_commit(job_id, step, layout.num_nodes)
-        lacking = []
-        if self._local.node_parts(job_id, step) is None:
-            lacking.append("its ranks' snapshots")
-        if not holder.complete(step):
-            lacking.append("the parity it holds for its group")
-        if lacking:
-            why = (
-                f"node {record.node} lost {' and '.join(lacking)} of committed step {step} in a "
-                "restart; the next committed step restores protection"
-            )
-            self._local.set_degraded(job_id, why)
-            return why
-        member.protected = step
-        return ""
+        self._local.set_clustered(job_id, True, member.layout.describe(), member.layout.num_nodes)
+
+    def new_holder(self, job_id: str, layout: Layout, node: int) -> ParityHolder | None:
+        return self._holder(job_id, layout, node)
 
     def status(self, job_id: str) -> ClusterStatus | None:
         member = self.member(job_id)
