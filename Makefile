@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build that `pip` finds locally; a bare `torch` may pull a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint typecheck proto proto-check unit integration bench bench-train clean
+.PHONY: setup demo test test-daemon lint typecheck proto proto-check unit integration bench bench-train chaos clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,8 +41,20 @@ unit: setup
 integration: setup
 	$(BIN)/python -m pytest -q tests/integration
 
-test: setup lint typecheck proto-check
+test: setup lint typecheck proto-check test-daemon
 	$(BIN)/python -m pytest -q tests
+
+# The daemon's tests in an environment without torch: the SMP must not need it.
+DAEMON_VENV ?= .venv-daemon
+$(DAEMON_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(DAEMON_VENV)
+	$(DAEMON_VENV)/bin/pip install -q --upgrade pip
+	$(DAEMON_VENV)/bin/pip install -q -e ".[isal,dev]"
+	touch $@
+
+test-daemon: $(DAEMON_VENV)/.installed
+	$(DAEMON_VENV)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None and 'torch is installed in $(DAEMON_VENV)')"
+	$(DAEMON_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 bench: setup
 	$(BIN)/smp bench codec
@@ -53,4 +65,4 @@ bench-train: setup
 	$(BIN)/ecsnap bench train --json docs/bench-train.json --plot docs/bench-train.png
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DAEMON_VENV) build .mypy_cache .pytest_cache .ruff_cache

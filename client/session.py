@@ -191,7 +191,7 @@ class Session:
                     "cannot save: " + "; ".join(f"rank {r}: {e}" for r, e in errors if e)
                 )
             if any_failed:
-                self._raise_failure(failure)
+                self._report_failure(failure)
             if not any_busy:
                 return True
             if any_expired:
@@ -202,8 +202,9 @@ class Session:
                 return False
             time.sleep(0.005)
 
-    def _raise_failure(self, mine: SaveReady | None) -> None:
-        """Collective: every rank raises the same error for the step that failed."""
+    def _report_failure(self, mine: SaveReady | None) -> None:
+        """Collective: a step that failed somewhere. A memory refusal is raised on every rank
+        (it will not go away by itself); a peer that was briefly unreachable is logged."""
         assert self.group is not None
         what = (mine.pending, mine.failure) if mine is not None and mine.failure else (None, None)
         everyone = self.group.all_gather((self.rank, what[0], str(what[1] or ""), _kind(what[1])))
@@ -215,7 +216,8 @@ class Session:
         )
         if any(kind == "memory" for *_, kind in failed):
             raise MemoryLimitError(text, "MEMORY_LIMIT")
-        raise SnapshotError(text, failed[0][3])
+        if self.rank == 0:
+            logger.warning("%s; the next steps are saved as usual", text)
 
     def wait_committed(self, step: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -69,6 +69,12 @@ class RebuildFailed(SmpError):
     code = "REBUILD_FAILED"
 
 
+class PeerUnavailable(SmpError):
+    """A peer SMP did not take what it had to (down, restarting, unreachable)."""
+
+    code = "PEER_UNAVAILABLE"
+
+
 class Internal(SmpError):
     """The SMP failed on its side (e.g. reading an arena); the message says what."""
 
@@ -89,6 +95,7 @@ _BY_CODE: dict[str, type[SmpError]] = {
         Aborted,
         Unauthenticated,
         RebuildFailed,
+        PeerUnavailable,
         Internal,
     )
 }

@@ -23,6 +23,11 @@ class PeerClient:
             options=[
                 ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
                 ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
+                # A restarted peer is reached again within seconds (the default backoff grows
+                # to two minutes, during which every step would fail to commit).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         self.stub = peer_pb2_grpc.PeerStub(self._channel)

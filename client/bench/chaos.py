@@ -256,7 +256,7 @@ class Chaos:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", type=int, default=100, help="faults to inject (default 100)")
-    p.add_argument("--steps", type=int, default=0, help="training steps (default 6 per fault)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default 8 per fault)")
     p.add_argument("--gap", type=int, default=3, help="at most this many steps between faults")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=1 << 16, help="per-rank parameter size")
@@ -267,7 +267,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.faults < 1:
         raise SystemExit("--faults must be >= 1")
-    args.steps = args.steps or 6 * args.faults + 10
+    args.steps = args.steps or 8 * args.faults + 10
     work = short_tmpdir("ecsnap-chaos-")
     chaos = Chaos(args, work)
 

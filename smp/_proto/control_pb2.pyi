@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUSY: _ClassVar[ErrorCode]
     UNAUTHENTICATED: _ClassVar[ErrorCode]
     REBUILD_FAILED: _ClassVar[ErrorCode]
+    PEER_UNAVAILABLE: _ClassVar[ErrorCode]
 
 class SlotState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ INTERNAL: ErrorCode
 BUSY: ErrorCode
 UNAUTHENTICATED: ErrorCode
 REBUILD_FAILED: ErrorCode
+PEER_UNAVAILABLE: ErrorCode
 SLOT_STATE_UNSPECIFIED: SlotState
 EMPTY: SlotState
 WRITING: SlotState

@@ -28,6 +28,7 @@ from smp.errors import (
     BadRequest,
     MemoryLimitExceeded,
     NotFound,
+    PeerUnavailable,
     SmpError,
     StoreFull,
     Unauthenticated,
@@ -221,11 +222,8 @@ class CrossNode:
                 self._send_pool,
                 self.rpc_timeout,
             )
-        except grpc.RpcError as exc:
+        except Exception as exc:  # noqa: BLE001 - the step cannot commit; training goes on
             self._send_failed(job_id, member, step, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - the step does not commit; training goes on
-            logger.warning("job=%s step=%d: sending parity chunks failed: %s", job_id, step, exc)
             return
         with self._lock:
             member.sent(step, digests)
@@ -238,17 +236,26 @@ class CrossNode:
         )
         self.check_protected(job_id, step)
 
-    def _send_failed(self, job_id: str, member: Membership, step: int, exc: grpc.RpcError) -> None:
+    def _send_failed(self, job_id: str, member: Membership, step: int, exc: BaseException) -> None:
+        """A holder did not take this node's chunk: the step can never be protected there, so
+        it can never commit. Every node hears it at once (their next saves need not wait for
+        the step), and a memory refusal reaches the trainers."""
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        error: SmpError
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # The holder refused the chunk for memory: the step can never commit. Everyone hears.
-            error: SmpError = MemoryLimitExceeded(str(details))
-            self._local.fail_step(job_id, step, error)
-            send.announce_failure(
-                self._clients, job_id, member, step, error, self._notify_pool, self.rpc_timeout
+            error = MemoryLimitExceeded(str(details))
+        else:
+            name = code.name if code is not None else type(exc).__name__
+            error = PeerUnavailable(
+                f"node {member.node} could not send its parity chunks of step {step}: {name}: "
+                f"{details}"
             )
-        logger.warning("job=%s step=%d: sending parity chunks failed: %s", job_id, step, details)
+        logger.warning("job=%s step=%d: %s", job_id, step, error)
+        self._local.fail_step(job_id, step, error)
+        send.announce_failure(
+            self._clients, job_id, member, step, error, self._notify_pool, self.rpc_timeout
+        )
 
     # -- receiving ------------------------------------------------------------------------------
 

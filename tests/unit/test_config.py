@@ -1,5 +1,4 @@
-"""Daemon settings: sizes, config files, precedence (defaults < file < env < flags), validation;
-env of a rank."""
+"""Daemon settings: sizes, config files, precedence (defaults < file < env < flags), validation."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ecsnap.env import RankEnv, job_id_from, socket_from
 from smp.config import ENVIRONMENT, ServeConfig, format_size, parse_size
 from smp.errors import ConfigError
 
@@ -56,30 +54,6 @@ def test_precedence_flags_over_env_over_defaults() -> None:
 def test_invalid_settings_are_explained(flags: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ServeConfig.from_sources(flags, {})
-
-
-def test_rank_env_from_torchrun_variables() -> None:
-    env = RankEnv.from_environ(
-        {
-            "RANK": "5",
-            "WORLD_SIZE": "8",
-            "LOCAL_RANK": "1",
-            "LOCAL_WORLD_SIZE": "4",
-            "GROUP_RANK": "1",
-        }
-    )
-    assert (env.rank, env.local_rank, env.node_rank, env.num_nodes) == (5, 1, 1, 2)
-    assert RankEnv.from_environ({}).world_size == 1
-    with pytest.raises(ValueError, match="RANK=9"):
-        RankEnv.from_environ({"RANK": "9", "WORLD_SIZE": "2"})
-
-
-def test_job_and_socket_precedence() -> None:
-    assert job_id_from(None, {"TORCHELASTIC_RUN_ID": "te", "ECSNAP_JOB": "mine"}) == "mine"
-    assert job_id_from(None, {"TORCHELASTIC_RUN_ID": "te"}) == "te"
-    assert job_id_from("explicit", {"ECSNAP_JOB": "mine"}) == "explicit"
-    assert job_id_from(None, {}) == "default"
-    assert socket_from(None, {"ECSNAP_SOCKET": "/s"}) == "/s"
 
 
 # -- config file (TOML or YAML), its place in the precedence, new settings ---------------------

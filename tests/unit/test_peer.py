@@ -17,7 +17,7 @@ from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.crossnode.coordinator import CrossNode
 from smp.daemon import assemble
 from smp.defaults import PEER_TOKEN_KEY
-from smp.errors import Conflict
+from smp.errors import Conflict, PeerUnavailable
 from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
 from smp.service import SnapshotService
@@ -215,8 +215,8 @@ def test_a_chunk_streaming_twice_at_once_is_refused(node: Node) -> None:
 
 
 def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> None:
-    """The node's peers never answer: its step is complete locally but never commits, the
-    job is told a new save would have to wait (so ranks skip), and the SMP serves on."""
+    """The node's peers never answer: its step is complete locally but never commits; the step
+    is failed (so the next save goes ahead and waiters hear why), and the SMP serves on."""
     svc = node.service
     grant = svc.begin_save(JOB, 1, 2, 4096)
     with svc.store.arena_path(JOB, 1, grant.slot).open("r+b") as f:
@@ -228,5 +228,10 @@ def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> 
         time.sleep(0.02)
     time.sleep(0.5)  # the pushes to the dead peers fail (connection refused) meanwhile
     assert svc.commit_state(JOB).committed_step is None
-    assert node.replication.save_ready(JOB) == (False, 2, None)
+    # The step can never commit now: it failed, so the next save need not wait for it.
+    ready, pending, failure = node.replication.save_ready(JOB)
+    assert ready and pending == 2
+    assert isinstance(failure, PeerUnavailable) and "could not send" in str(failure)
+    with pytest.raises(PeerUnavailable):
+        svc.wait_committed(JOB, 2).result(timeout=5)
     assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job

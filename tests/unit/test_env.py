@@ -1,0 +1,33 @@
+"""Where a trainer rank is: torchrun's variables, the job id and socket precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecsnap.env import RankEnv, job_id_from, socket_from
+
+
+def test_rank_env_from_torchrun_variables() -> None:
+    env = RankEnv.from_environ(
+        {
+            "RANK": "5",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "GROUP_RANK": "1",
+        }
+    )
+    assert (env.rank, env.local_rank, env.node_rank, env.num_nodes) == (5, 1, 1, 2)
+    assert RankEnv.from_environ({}).world_size == 1
+    with pytest.raises(ValueError, match="RANK=9"):
+        RankEnv.from_environ({"RANK": "9", "WORLD_SIZE": "2"})
+
+
+def test_job_and_socket_precedence() -> None:
+    assert job_id_from(None, {"TORCHELASTIC_RUN_ID": "te", "ECSNAP_JOB": "mine"}) == "mine"
+    assert job_id_from(None, {"TORCHELASTIC_RUN_ID": "te"}) == "te"
+    assert job_id_from("explicit", {"ECSNAP_JOB": "mine"}) == "explicit"
+    assert job_id_from(None, {}) == "default"
+    assert socket_from(None, {"ECSNAP_SOCKET": "/s"}) == "/s"
+    with pytest.raises(ValueError, match="is not valid"):
+        job_id_from("../escape", {})
