@@ -64,5 +64,10 @@ bench: setup
 bench-train: setup
 	$(BIN)/ecsnap bench train --json docs/bench-train.json --plot docs/bench-train.png
 
+# 100 random faults (trainer kills, SMP restarts, node losses, corrupted bytes, frozen SMPs) on a
+# 4-node job that must end bit for bit like an uninterrupted run (about 10 minutes on 2 cores).
+chaos: setup
+	$(BIN)/ecsnap bench chaos --faults 100 --seed 7
+
 clean:
 	rm -rf $(VENV) $(DAEMON_VENV) build .mypy_cache .pytest_cache .ruff_cache

@@ -77,6 +77,16 @@ class RebuildInfo:
     bytes_fetched: int = 0
 
 
+@dataclass(frozen=True)
+class Held:
+    """A complete snapshot an SMP holds: whose, which step, saved by a job of which size."""
+
+    rank: int
+    step: int
+    world_size: int
+    nbytes: int
+
+
 class ControlClient:
     """`reregister`: called when the SMP answers NOT_REGISTERED (it restarted and forgot this
     rank); the request is then sent once more."""
@@ -227,6 +237,29 @@ class ControlClient:
         """Keep (or release) the slot holding `step` from being reused by later saves, for at
         most `lease_s` seconds (or until the rank registers again)."""
         self._call("pin", pb.PinRequest(rank=rank, step=step, pinned=pinned, lease_s=lease_s))
+
+    def locate(self) -> tuple[list[Held], int | None]:
+        """Every complete snapshot of the job this SMP holds (any rank), and the committed
+        step."""
+        r = self._call("locate", pb.LocateRequest()).locate
+        held = [Held(h.rank, h.step, h.world_size, h.nbytes) for h in r.held]
+        return held, r.committed_step if r.has_committed else None
+
+    def stage(self, rank: int, step: int, source_node: int, timeout: float) -> int:
+        """Have this SMP fetch `rank`'s snapshot of `step` from node `source_node`'s SMP;
+        the bytes fetched (0 when it held it already)."""
+        r = self._call(
+            "stage",
+            pb.StageRequest(
+                rank=rank, step=step, source_node=source_node, timeout_ms=int(timeout * 1000)
+            ),
+            timeout=timeout + 5.0,
+        ).stage
+        return int(r.bytes_fetched)
+
+    def retain(self, ranks: Sequence[int]) -> None:
+        """This node's ranks of the job are `ranks` (others' snapshots go at the next commit)."""
+        self._call("retain", pb.RetainRequest(ranks=list(ranks)))
 
     def forget(self) -> int:
         """Delete the job's snapshots and parity from this SMP; the bytes freed."""

@@ -28,8 +28,8 @@ from ecsnap import dtensors
 from ecsnap.control import ControlClient
 from ecsnap.errors import EcsnapError, SnapshotError
 from ecsnap.fqn import canonical
-from ecsnap.restorer import MappedSnapshot, agreed_steps, open_agreed
-from ecsnap.saved import Saved
+from ecsnap.restorer import agreed_steps, open_agreed
+from ecsnap.saved import MappedSnapshot, Saved
 from ecsnap.session import Session
 from smp._proto import snapshot_pb2
 

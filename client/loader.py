@@ -17,7 +17,7 @@ that shared storage when saved share it again, and an `nn.Parameter` comes back 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -48,11 +48,20 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
+class Reshard(Protocol):
+    """Fills a live DTensor laid out differently from the saved one (see `topology`)."""
+
+    def fill(
+        self, path: str, saved: Saved, live: Any
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]: ...
+
+
 class _Plan:
     """Phase 1: resolve every `Saved` of the tree against the live state."""
 
-    def __init__(self, app_state: Mapping[str, Any]) -> None:
+    def __init__(self, app_state: Mapping[str, Any], reshard: Reshard | None = None) -> None:
         self.app_state = app_state
+        self.reshard = reshard
         self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live destination, source)
         self.problems: list[str] = []
         self._fresh: dict[int, torch.Tensor] = {}  # saved entry -> its fresh tensor
@@ -152,7 +161,12 @@ class _Plan:
                 return current
             return self.fresh(saved, torch.device("cpu"), path)
         local = dtensors.local_of(current)
-        if not dtensors.same_layout(meta, current):
+        if not dtensors.same_layout(meta, current) and self.reshard is not None:
+            copies, problem = self.reshard.fill(path, saved, current)
+            if problem:
+                self.problems.append(problem)
+            self.copies.extend(copies)
+        elif not dtensors.same_layout(meta, current):
             now = dtensors.describe(current)
             self.problems.append(
                 f"{path}: saved with {dtensors.layout_text(meta)}, the live DTensor has "
@@ -266,10 +280,15 @@ class Prepared:
             torch.cuda.synchronize()  # non_blocking host-to-device copies above
 
 
-def prepare(app_state: MutableMapping[str, Any], tree: dict[str, tuple[str, Any]]) -> Prepared:
+def prepare(
+    app_state: MutableMapping[str, Any],
+    tree: dict[str, tuple[str, Any]],
+    reshard: Reshard | None = None,
+) -> Prepared:
     """Phase 1: match the restored tree with `app_state`; RestoreError naming every entry that
-    cannot be restored. Nothing live is written."""
-    plan = _Plan(app_state)
+    cannot be restored. Nothing live is written. `reshard` fills DTensors the live state lays
+    out differently (a restore at another world size)."""
+    plan = _Plan(app_state, reshard)
     resolved: list[tuple[str, str, Any, Any]] = []  # (key, kind, target, value)
     for key, (kind, value) in tree.items():
         target: Any = app_state.get(key)

@@ -9,74 +9,48 @@ loads a different step.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import MutableMapping
 from typing import Any
 
-from ecsnap.arena import MappedArena
+from ecsnap import topology
 from ecsnap.control import Opened
 from ecsnap.errors import EcsnapError, RestoreError
 from ecsnap.loader import prepare
-from ecsnap.saved import saved_tensors, unflatten
+from ecsnap.saved import MappedSnapshot
 from ecsnap.session import Session
-from smp._proto import snapshot_pb2
 
 logger = logging.getLogger(__name__)
 
 
 def agreed_steps(session: Session) -> list[int]:
-    """Collective: the steps every rank holds complete (committed ones only, across nodes),
-    newest first; raises RestoreError on every rank if any rank could not list its steps."""
+    """Collective: the steps every rank holds complete, saved by a job of this world size
+    (committed ones only, across nodes), newest first; raises RestoreError on every rank if any
+    rank could not list its steps."""
     steps: list[int] = []
     committed: int | None = None
-    worlds: list[int] = []
     error = ""
     try:
         listed = session.client.list_steps(session.rank)
-        steps, committed, worlds = listed.complete, listed.committed, listed.world_sizes
+        world = session.env.world_size
+        # A step saved by a job of another size is not this job's to restore as it is (the
+        # topology path reshards it).
+        steps = [
+            s for s, w in zip(listed.complete, listed.world_sizes, strict=False) if w in (0, world)
+        ]
+        committed = listed.committed
     except EcsnapError as exc:
         error = str(exc)
-    everyone = session.all_gather((session.rank, steps, committed, error, worlds))
-    failed = [f"rank {r}: {e}" for r, _, _, e, _ in everyone if e]
+    everyone = session.all_gather((session.rank, steps, committed, error))
+    failed = [f"rank {r}: {e}" for r, _, _, e in everyone if e]
     if failed:
         raise RestoreError("cannot restore: " + "; ".join(failed))
-    _check_world(session, everyone)
-    everyone = [(r, s, c, e) for r, s, c, e, _ in everyone]
     common = set.intersection(*(set(s) for _, s, _, _ in everyone))
     if session.layout.protected:
         # Only a committed step is protected on every node; one SMP may have seen the
         # commit of a newer step before another, and any of them proves it.
         newest = max((c for _, _, c, _ in everyone if c is not None), default=None)
         common = {s for s in common if newest is not None and s <= newest}
-    if not common and session.rank == 0:
-        if any(s for _, s, _, _ in everyone):
-            logger.warning(
-                "job %s: no committed step is held by every rank (%s); starting fresh",
-                session.job_id,
-                {r: s for r, s, _, _ in everyone},
-            )
-        else:
-            logger.warning(
-                "job %s: no rank's SMP holds a snapshot of this job (a new job, or its "
-                "snapshots were forgotten or lost): starting fresh",
-                session.job_id,
-            )
     return sorted(common, reverse=True)
-
-
-def _check_world(session: Session, everyone: list[Any]) -> None:
-    """Snapshots of another world size are not restored as if they were this job's."""
-    world = session.env.world_size
-    other = {w for *_, worlds in everyone for w in worlds if w and w != world}
-    if other:
-        saved = ", ".join(str(w) for w in sorted(other))
-        raise RestoreError(
-            f"the snapshots of job {session.job_id!r} were saved by a job of {saved} ranks; this "
-            f"one has {world}. Relaunch with {saved} ranks to restore them, or export them "
-            f"(`ecsnap export` with {saved} processes) and load that with "
-            "torch.distributed.checkpoint at any world size, or forget them (`smp forget "
-            f"{session.job_id}`) to start fresh"
-        )
 
 
 def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, Opened] | None:
@@ -114,34 +88,22 @@ def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, 
     return None
 
 
-class MappedSnapshot:
-    """An opened snapshot mapped into this process: its manifest and tensors as arena views."""
-
-    def __init__(self, opened: Opened) -> None:
-        self.manifest = snapshot_pb2.Manifest()
-        self.manifest.ParseFromString(opened.manifest)
-        self._arena = MappedArena(opened.path, os.stat(opened.path).st_size)
-        self.saved = saved_tensors(self.manifest, self._arena.tensor)
-
-    def tree(self) -> dict[str, tuple[str, Any]]:
-        return unflatten(self.manifest, self.saved)
-
-    def close(self) -> None:
-        self.saved = []
-        self._arena.close()  # nothing restored refers to the arena: the loader copies or clones
-
-    def __enter__(self) -> MappedSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def restore(session: Session, app_state: MutableMapping[str, Any], verify: bool) -> int | None:
-    """Collective: load the newest step every rank can restore; None if there is none."""
+    """Collective: load the newest step every rank can restore; None if there is none.
+
+    The ranks first look on their own SMPs. When that finds nothing (the job's ranks moved to
+    other nodes, or it has another world size), they look on every node's SMP (`topology`)."""
     found = open_agreed(session, agreed_steps(session), verify)
     if found is None:
-        return None
+        elsewhere = topology.survey(session)
+        choice = elsewhere.choose(session.layout.protected)
+        if choice is None:
+            if elsewhere.committed is not None:
+                raise RestoreError(elsewhere.incomplete(elsewhere.committed))
+            _fresh_start(session, elsewhere)
+            return None
+        step, old_world = choice
+        return topology.restore_moved(session, app_state, elsewhere, step, old_world, verify)
     step, opened = found
     with MappedSnapshot(opened) as snapshot:
         error, prepared = "", None
@@ -158,3 +120,22 @@ def restore(session: Session, app_state: MutableMapping[str, Any], verify: bool)
             raise RestoreError(f"cannot restore step {step}: " + "; ".join(failed))
         prepared.apply()
     return step
+
+
+def _fresh_start(session: Session, found: topology.Survey) -> None:
+    if session.rank != 0:
+        return
+    if found.holders:
+        steps = sorted({step for _, step in found.holders})
+        logger.warning(
+            "job %s: the SMPs hold snapshots of steps %s, but none complete for every rank of "
+            "a job (and committed, across nodes): starting fresh",
+            session.job_id,
+            steps,
+        )
+    else:
+        logger.warning(
+            "job %s: no SMP of the job holds a snapshot of it (a new job, or its snapshots were "
+            "forgotten or lost): starting fresh",
+            session.job_id,
+        )

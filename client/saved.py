@@ -9,12 +9,15 @@ view is made, so a damaged manifest is an error, never a read outside the snapsh
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ecsnap.arena import MappedArena
+from ecsnap.control import Opened
 from ecsnap.flatten import FORMAT_VERSION
 from smp._proto import snapshot_pb2
 
@@ -103,6 +106,29 @@ class _Unpickler(pickle.Unpickler):
         if not isinstance(index, int) or not 0 <= index < len(self._saved):
             raise pickle.UnpicklingError(f"the skeleton names tensor {index!r}, which is not saved")
         return self._saved[index]
+
+
+class MappedSnapshot:
+    """An opened snapshot mapped into this process: its manifest and tensors as arena views."""
+
+    def __init__(self, opened: Opened) -> None:
+        self.manifest = snapshot_pb2.Manifest()
+        self.manifest.ParseFromString(opened.manifest)
+        self._arena = MappedArena(opened.path, os.stat(opened.path).st_size)
+        self.saved = saved_tensors(self.manifest, self._arena.tensor)
+
+    def tree(self) -> dict[str, tuple[str, Any]]:
+        return unflatten(self.manifest, self.saved)
+
+    def close(self) -> None:
+        self.saved = []
+        self._arena.close()  # nothing restored refers to the arena: the loader copies or clones
+
+    def __enter__(self) -> MappedSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def unflatten(manifest: snapshot_pb2.Manifest, saved: list[Saved]) -> dict[str, tuple[str, Any]]:

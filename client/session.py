@@ -261,6 +261,21 @@ class Session:
             )
         return info
 
+    def retain(self) -> None:
+        """Collective, after a restore: each node's SMP learns which ranks of the job run on it
+        now; snapshots of ranks that moved away (or no longer exist) go at the next commit."""
+        everyone = self.all_gather((self.rank, self.env.node_rank))
+        error = ""
+        if self.env.local_rank == 0:
+            mine = sorted(r for r, n in everyone if n == self.env.node_rank)
+            try:
+                self.client.retain(mine)
+            except EcsnapError as exc:
+                error = str(exc)
+        failed = [f"node {n}: {e}" for n, e in self.all_gather((self.env.node_rank, error)) if e]
+        if failed:
+            logger.warning("could not tell the SMPs which ranks they serve: %s", "; ".join(failed))
+
     def forget(self) -> int:
         """Collective: every node's SMP forgets the job (one rank per node asks); the bytes this
         node freed."""

@@ -180,7 +180,9 @@ class Snapshotter:
         self._session.join()
         if self.layout.protected:
             self._session.rebuild_if_lost()
-        return restorer.restore(self._session, app_state, self.verify)
+        step = restorer.restore(self._session, app_state, self.verify)
+        self._session.retain()
+        return step
 
     def export_dcp(self, path: Any, step: int | None = None, *, wait: bool = True) -> int:
         """Collective: write the newest committed step (or `step`) from the SMPs' memory as a

@@ -26,10 +26,11 @@ _FAILURES_KEPT = 16
 
 def _newest_local(job: Job) -> int | None:
     expected = job.world_size if job.num_nodes <= 1 else job.local_world_size
-    if not job.ranks or (expected and len(job.ranks) < expected):
+    live = job.live_ranks()
+    if not live or (expected and len(live) < expected):
         return None
     common: set[int] | None = None
-    for state in job.ranks.values():
+    for state in live:
         steps = state.complete_steps()
         common = steps if common is None else common & steps
     return max(common) if common else None

@@ -80,6 +80,9 @@ class ControlServer:
             "rebuild": self._on_rebuild,
             "pin": self._on_pin,
             "forget": self._on_forget,
+            "locate": self._on_locate,
+            "stage": self._on_stage,
+            "retain": self._on_retain,
         }
 
     def start(self) -> None:
@@ -370,6 +373,30 @@ class ControlServer:
 
     def _on_forget(self, req: pb.Request, resp: pb.Response) -> None:
         resp.forget.freed_bytes = self._service.forget(req.job_id)
+
+    def _on_locate(self, req: pb.Request, resp: pb.Response) -> None:
+        held, committed = self._service.locate(req.job_id)
+        for rank, step, world, nbytes in held:
+            resp.locate.held.add(rank=rank, step=step, world_size=world, nbytes=nbytes)
+        resp.locate.SetInParent()
+        if committed is not None:
+            resp.locate.has_committed, resp.locate.committed_step = True, committed
+
+    def _on_stage(self, req: pb.Request, resp: pb.Response) -> Deferred:
+        st = req.stage
+        timeout = min(st.timeout_ms, MAX_WAIT_MS) / 1000 or 300.0
+        fut = self._executor.submit(
+            self._crossnode.stage, req.job_id, st.rank, st.step, st.source_node, timeout
+        )
+
+        def fill(result: tuple[int, float], r: pb.Response) -> None:
+            r.stage.bytes_fetched, r.stage.seconds = result
+
+        return fut, fill
+
+    def _on_retain(self, req: pb.Request, resp: pb.Response) -> None:
+        self._service.retain(req.job_id, list(req.retain.ranks))
+        resp.retain.SetInParent()
 
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
         resp.status.CopyFrom(self._status())

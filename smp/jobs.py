@@ -106,6 +106,13 @@ class Job:
     # Clustered jobs: node -> the steps it reported protected (this node's own included).
     protected_by: dict[int, set[int]] = field(default_factory=dict)
     degraded: str = ""  # why this node does not hold the committed step protected, if so
+    # Ranks held here that are not this node's any more (the job was renumbered or resharded):
+    # kept until the job's next commit, never part of this node's blob or its commits.
+    foreign: set[int] = field(default_factory=set)
+
+    def live_ranks(self) -> list[RankState]:
+        return [self.ranks[r] for r in sorted(self.ranks) if r not in self.foreign]
+
     last_active: float = field(default_factory=time.monotonic)
 
     @property
@@ -185,6 +192,7 @@ class JobTable:
                     waiters=[],
                     started={},
                     protected_by={},
+                    foreign=set(j.foreign),
                 )
                 for j in self.jobs.values()
             ]

@@ -51,16 +51,35 @@ class LocalSnapshots:
         """This node's blob for `step` (its ranks' slots in rank order), if all ranks have it."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or len(job.ranks) < max(job.local_world_size, 1):
+            live = job.live_ranks() if job is not None else []
+            if job is None or len(live) < max(job.local_world_size, 1):
                 return None
             parts, records = [], []
-            for rank in sorted(job.ranks):
-                slot = job.ranks[rank].complete(step)
+            for state in live:
+                slot = state.complete(step)
                 if slot is None or slot.arena is None or slot.checksums is None:
                     return None
                 parts.append(slot.arena.view(slot.nbytes))
-                records.append(slots.record(job_id, rank, slot))
+                records.append(slots.record(job_id, state.rank, slot))
             return parts, records
+
+    def holds(self, job_id: str) -> bool:
+        """Does this SMP hold any complete snapshot of the job?"""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is not None and any(s.complete_steps() for s in job.ranks.values())
+
+    def slot_of(
+        self, job_id: str, rank: int, step: int
+    ) -> tuple[snapshot_pb2.SlotRecord, memoryview] | None:
+        """Rank `rank`'s complete snapshot of `step` held here (any rank: a peer fetches it)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            state = job.ranks.get(rank) if job is not None else None
+            slot = state.complete(step) if state is not None else None
+            if slot is None or slot.arena is None or slot.checksums is None:
+                return None
+            return slots.record(job_id, rank, slot), slot.arena.view(slot.nbytes)
 
     def note_protected(self, job_id: str, node: int, step: int) -> bool:
         """Node `node` holds `step` protected; True when that committed a step."""
@@ -69,7 +88,10 @@ class LocalSnapshots:
             if job is None:
                 return False
             commits.note_protected(job, node, step)
+            before = job.committed
             resolved = commits.update(job, self._events)
+            if job.committed != before and job.foreign:
+                slots.drop_foreign(self.store, job)
         commits.resolve(resolved)
         return bool(resolved) or (job.committed is not None and job.committed >= step)
 
@@ -109,6 +131,14 @@ class LocalSnapshots:
             job = self._jobs.get(job_id)
             if job is not None:
                 commits.rewind(job, 0 if committed is None else committed + 1)
+
+    def restart_layout(self, job_id: str) -> None:
+        """The job's nodes were laid out anew (renumbered, or another count): protection
+        reports of the old layout mean nothing for the new one."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.protected_by.clear()
 
     def set_degraded(self, job_id: str, why: str) -> None:
         with self._lock:

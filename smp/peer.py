@@ -130,10 +130,10 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
     ) -> peer_pb2.JobStateResponse:
         try:
             self._crossnode.authorize(request.job_id, _token(context))
-            committed, manifests = self._crossnode.job_state(request.job_id)
+            committed, manifests, moved = self._crossnode.job_state(request.job_id)
         except SmpError as exc:
             _abort(context, exc)
-        response = peer_pb2.JobStateResponse(manifests=manifests)
+        response = peer_pb2.JobStateResponse(manifests=manifests, moved=moved)
         if committed is not None:
             response.has_committed, response.committed_step = True, committed
         return response
@@ -154,6 +154,18 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         for part in parts:
             for at in range(0, len(part), PEER_PIECE):
                 yield peer_pb2.FetchCellResponse(data=bytes(part[at : at + PEER_PIECE]))
+
+    def FetchSlot(
+        self, request: peer_pb2.FetchSlotRequest, context: grpc.ServicerContext
+    ) -> Iterator[peer_pb2.FetchSlotResponse]:
+        try:
+            self._crossnode.authorize(request.job_id, _token(context))
+            record, pieces = self._crossnode.slot_source(request.job_id, request.rank, request.step)
+        except SmpError as exc:
+            _abort(context, exc)
+        yield peer_pb2.FetchSlotResponse(header=record)
+        for piece in pieces:
+            yield peer_pb2.FetchSlotResponse(data=bytes(piece))
 
 
 class PeerServer:

@@ -71,6 +71,17 @@ class PeerClient:
         )
         return stream
 
+    def fetch_slot(
+        self, job_id: str, rank: int, step: int, timeout: float
+    ) -> Iterator[peer_pb2.FetchSlotResponse]:
+        """The peer's snapshot of `rank` at `step`, streamed: its record, then ~1 MiB pieces."""
+        stream: Iterator[peer_pb2.FetchSlotResponse] = self.stub.FetchSlot(
+            peer_pb2.FetchSlotRequest(job_id=job_id, rank=rank, step=step),
+            timeout=timeout,
+            metadata=self.metadata,
+        )
+        return stream
+
     def close(self) -> None:
         self._channel.close()
 

@@ -98,6 +98,7 @@ class SnapshotService:
             job.local_world_size = info.local_world_size
             job.num_nodes = info.num_nodes
             state = job.ranks.setdefault(info.rank, RankState(info.rank))
+            job.foreign.discard(info.rank)  # it runs here (again)
             state.local_rank, state.pid, state.session = info.local_rank, info.pid, info.session
             resolved = [] if job.clustered else commits.update(job, self._events)
         commits.resolve(resolved)
@@ -265,7 +266,30 @@ class SnapshotService:
         """Every local rank of the job has a slot a new save may take."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return job is None or all(slots.free_slots(job, r) for r in job.ranks.values())
+            return job is None or all(slots.free_slots(job, r) for r in job.live_ranks())
+
+    def locate(self, job_id: str) -> tuple[list[tuple[int, int, int, int]], int | None]:
+        """(rank, step, world size, bytes) of every complete snapshot held here, and the
+        committed step."""
+        with self._lock:
+            job = self._job(job_id)
+            if job is None:
+                return [], None
+            held = [
+                (rank, s.step, s.world_size, s.nbytes)
+                for rank, state in sorted(job.ranks.items())
+                for s in state.slots
+                if s.state is SlotState.COMPLETE
+            ]
+            return held, job.committed
+
+    def retain(self, job_id: str, ranks: list[int]) -> None:
+        """The job's ranks on this node are `ranks`: the others held here go at its next
+        commit."""
+        with self._lock:
+            job = self._job(job_id)
+            if job is not None:
+                job.foreign = set(job.ranks) - set(ranks)
 
     # -- commit -------------------------------------------------------------------------------
 

@@ -161,3 +161,16 @@ def rewind(store: Store, job: Job, state: RankState, step: int) -> None:
         step,
         sorted(dropped) or "(none)",
     )
+
+
+def drop_foreign(store: Store, job: Job) -> None:
+    """The job committed a step of its own: the ranks it no longer has here can go."""
+    for rank in sorted(job.foreign):
+        state = job.ranks.pop(rank, None)
+        for slot in state.slots if state is not None else []:
+            if slot.arena is not None:
+                store.free(slot.arena)
+                slot.arena = None
+    if job.foreign:
+        logger.info("job %s: dropped the snapshots of ranks %s", job.job_id, sorted(job.foreign))
+    job.foreign.clear()

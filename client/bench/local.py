@@ -1,6 +1,8 @@
 """`ecsnap bench local`: ecsnap save/restore against torch.save/torch.load, side by side in one run.
 
-For a state of a given size (float32 tensors), each repeat interleaves: torch.save to a local file,
+For a state of a given size (the float32 parameters of a model, with the SGD optimizer that steps
+them, as a training script holds it: so the copy runs in the background, fenced), each repeat
+interleaves: torch.save to a local file,
 torch.load and copy into the live tensors, an ecsnap save (time blocked in save(), time until the
 copy is done, time until protected) and an ecsnap restore; plus torch `copy_` into pre-faulted
 memory as the ceiling for the arena copy. Medians are reported, with ratios to the baselines.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import ecsnap
 from ecsnap.testing import LocalSMP, short_tmpdir
@@ -27,10 +30,16 @@ from smp.config import format_size
 TENSOR_BYTES = 64 << 20
 
 
-def _state(nbytes: int, device: str) -> dict[str, torch.Tensor]:
+def _model(nbytes: int, device: str, fill: Callable[..., torch.Tensor]) -> nn.ParameterDict:
     count = max(1, nbytes // TENSOR_BYTES)
     numel = nbytes // count // 4
-    return {f"t{i}": torch.randn(numel, device=device) for i in range(count)}
+    return nn.ParameterDict(
+        {f"t{i}": nn.Parameter(fill(numel, device=device)) for i in range(count)}
+    )
+
+
+def _app_state(model: nn.ParameterDict) -> dict[str, Any]:
+    return {"model": model, "optim": torch.optim.SGD(model.parameters(), lr=0.1)}
 
 
 def _sync(device: str) -> None:
@@ -50,8 +59,10 @@ def run_local(
     work = short_tmpdir("ecsnap-bench-")
     disk = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ecsnap-bench-"))
     node = LocalSMP(work / "node", memory_limit=str(3 * nbytes + (256 << 20)))
-    src = _state(nbytes, device)
-    live = {k: torch.zeros_like(v) for k, v in src.items()}  # a restarted trainer's model
+    model = _model(nbytes, device, torch.randn)
+    app, src = _app_state(model), model.state_dict()
+    restarted = _model(nbytes, device, torch.zeros)  # a restarted trainer's model
+    live, live_app = restarted.state_dict(), _app_state(restarted)
     # The copy ceiling: into pre-faulted host memory (pinned when the state is on a GPU).
     prefaulted = {k: torch.zeros(v.shape, pin_memory=device == "cuda") for k, v in src.items()}
     total = sum(t.numel() * 4 for t in src.values())
@@ -68,14 +79,14 @@ def run_local(
         )
     }
     print(
-        f"state: {format_size(total)} in {len(src)} float32 tensors on {device}; torch threads "
-        f"{torch.get_num_threads()}; torch.save to {disk}"
+        f"state: {format_size(total)} in {len(src)} float32 parameters (+ SGD) on {device}; "
+        f"torch threads {torch.get_num_threads()}; torch.save to {disk}"
     )
     try:
         node.start()
         with ecsnap.Snapshotter(job_id="bench", socket=node.socket) as snap:
-            first = _timed(lambda: snap.save(0, src).wait_protected(timeout=600))
-            snap.save(1, src).wait_protected(timeout=600)  # both slots allocated
+            first = _timed(lambda: snap.save(0, app).wait_protected(timeout=600))
+            snap.save(1, app).wait_protected(timeout=600)  # both slots allocated
             path = disk / "state.pt"
             for rep in range(repeats):
                 raw["torch_save"].append(_timed(lambda: torch.save(src, path)))
@@ -96,7 +107,7 @@ def run_local(
 
                 raw["copy_prefaulted"].append(_timed(copy))
                 start = time.perf_counter()
-                handle = snap.save(2 + rep, src)
+                handle = snap.save(2 + rep, app)
                 handle.wait()
                 copied = time.perf_counter() - start
                 handle.wait_protected(timeout=600)
@@ -105,7 +116,7 @@ def run_local(
                 raw["ecsnap_protected"].append(time.perf_counter() - start)
         with ecsnap.Snapshotter(job_id="bench", socket=node.socket) as again:
             for _ in range(repeats):
-                raw["ecsnap_restore"].append(_timed(lambda: again.restore(live)))  # syncs
+                raw["ecsnap_restore"].append(_timed(lambda: again.restore(live_app)))  # syncs
 
         if not all(torch.equal(live[k], src[k]) for k in src):
             print("ERROR: restored state differs from the saved one")

@@ -21,6 +21,7 @@ from ecsnap.testing.ranks import (
     read_losses,
     read_restore,
     start_ranks,
+    states_equal,
     torchrun_env,
 )
 from smp.testing import LocalSMP, free_port, short_tmpdir
@@ -36,5 +37,6 @@ __all__ = [
     "read_restore",
     "short_tmpdir",
     "start_ranks",
+    "states_equal",
     "torchrun_env",
 ]

@@ -140,13 +140,18 @@ def read_restore(out: Path, rank: int) -> dict[str, Any]:
     return dict(json.loads((out / f"rank{rank}.restore.json").read_text()))
 
 
-def _equal(a: Any, b: Any) -> bool:
+def states_equal(a: Any, b: Any) -> bool:
+    """Bit for bit: tensors by dtype and value, containers member by member."""
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(states_equal(a[k], b[k]) for k in a)
+        )
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(states_equal(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 
@@ -157,7 +162,7 @@ def compare_runs(reference: Path, recovered: Path, world: int) -> list[str]:
         ref = torch.load(reference / f"rank{rank}.final.pt", weights_only=True)
         rec = torch.load(recovered / f"rank{rank}.final.pt", weights_only=True)
         for key in ref:
-            if not _equal(ref[key], rec[key]):
+            if not states_equal(ref[key], rec[key]):
                 problems.append(f"rank {rank}: final {key} differs")
         if read_losses(reference, rank) != read_losses(recovered, rank):
             problems.append(f"rank {rank}: loss sequence differs")

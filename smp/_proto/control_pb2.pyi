@@ -295,6 +295,62 @@ class SaveReadyResponse(_message.Message):
     failure: Error
     def __init__(self, ready: _Optional[bool] = ..., has_pending: _Optional[bool] = ..., pending_step: _Optional[int] = ..., failure: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
+class LocateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HeldStep(_message.Message):
+    __slots__ = ("rank", "step", "world_size", "nbytes")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    step: int
+    world_size: int
+    nbytes: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., world_size: _Optional[int] = ..., nbytes: _Optional[int] = ...) -> None: ...
+
+class LocateResponse(_message.Message):
+    __slots__ = ("held", "has_committed", "committed_step")
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    held: _containers.RepeatedCompositeFieldContainer[HeldStep]
+    has_committed: bool
+    committed_step: int
+    def __init__(self, held: _Optional[_Iterable[_Union[HeldStep, _Mapping]]] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ...) -> None: ...
+
+class StageRequest(_message.Message):
+    __slots__ = ("rank", "step", "source_node", "timeout_ms")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    step: int
+    source_node: int
+    timeout_ms: int
+    def __init__(self, rank: _Optional[int] = ..., step: _Optional[int] = ..., source_node: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class StageResponse(_message.Message):
+    __slots__ = ("bytes_fetched", "seconds")
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bytes_fetched: int
+    seconds: float
+    def __init__(self, bytes_fetched: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RetainRequest(_message.Message):
+    __slots__ = ("ranks",)
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ranks: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RetainResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ForgetRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -408,7 +464,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget")
+    __slots__ = ("request_id", "job_id", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +480,9 @@ class Request(_message.Message):
     REBUILD_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
+    LOCATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     register: RegisterRequest
@@ -439,10 +498,13 @@ class Request(_message.Message):
     rebuild: RebuildRequest
     pin: PinRequest
     forget: ForgetRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ...) -> None: ...
+    locate: LocateRequest
+    stage: StageRequest
+    retain: RetainRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ..., locate: _Optional[_Union[LocateRequest, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., retain: _Optional[_Union[RetainRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -458,6 +520,9 @@ class Response(_message.Message):
     REBUILD_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
+    LOCATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -473,4 +538,7 @@ class Response(_message.Message):
     rebuild: RebuildResponse
     pin: PinResponse
     forget: ForgetResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ...) -> None: ...
+    locate: LocateResponse
+    stage: StageResponse
+    retain: RetainResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ..., locate: _Optional[_Union[LocateResponse, _Mapping]] = ..., stage: _Optional[_Union[StageResponse, _Mapping]] = ..., retain: _Optional[_Union[RetainResponse, _Mapping]] = ...) -> None: ...

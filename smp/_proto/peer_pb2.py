@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from smp._proto import snapshot_pb2 as smp_dot___proto_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15smp/_proto/peer.proto\x12\tecsnap.v1\x1a\x19smp/_proto/snapshot.proto\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"s\n\x0cInfoResponse\x12\x13\n\x0bsmp_version\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x03 \x01(\t\x12\x14\n\x0c\x63odec_engine\x18\x04 \x01(\t\x12\x11\n\tknows_job\x18\x05 \x01(\x08\"\x89\x01\n\x0b\x43hunkHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x11\n\tfrom_node\x18\x03 \x01(\r\x12\x0e\n\x06stripe\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12)\n\x08manifest\x18\x06 \x01(\x0b\x32\x17.ecsnap.v1.NodeManifest\"h\n\x10PushChunkRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ecsnap.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08\x63hecksum\x18\x03 \x01(\x06H\x00\x42\x06\n\x04part\"\x13\n\x11PushChunkResponse\">\n\x10ProtectedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\"\x13\n\x11ProtectedResponse\"^\n\x11StepFailedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x14\n\x12StepFailedResponse\"!\n\x0fJobStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"m\n\x10JobStateResponse\x12\x15\n\rhas_committed\x18\x01 \x01(\x08\x12\x16\n\x0e\x63ommitted_step\x18\x02 \x01(\x04\x12*\n\tmanifests\x18\x03 \x03(\x0b\x32\x17.ecsnap.v1.NodeManifest\"@\n\x10\x46\x65tchCellRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06stripe\x18\x03 \x01(\r\".\n\nCellHeader\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x06\"T\n\x11\x46\x65tchCellResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.ecsnap.v1.CellHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xab\x03\n\x04Peer\x12\x37\n\x04Info\x12\x16.ecsnap.v1.InfoRequest\x1a\x17.ecsnap.v1.InfoResponse\x12H\n\tPushChunk\x12\x1b.ecsnap.v1.PushChunkRequest\x1a\x1c.ecsnap.v1.PushChunkResponse(\x01\x12\x46\n\tProtected\x12\x1b.ecsnap.v1.ProtectedRequest\x1a\x1c.ecsnap.v1.ProtectedResponse\x12I\n\nStepFailed\x12\x1c.ecsnap.v1.StepFailedRequest\x1a\x1d.ecsnap.v1.StepFailedResponse\x12\x43\n\x08JobState\x12\x1a.ecsnap.v1.JobStateRequest\x1a\x1b.ecsnap.v1.JobStateResponse\x12H\n\tFetchCell\x12\x1b.ecsnap.v1.FetchCellRequest\x1a\x1c.ecsnap.v1.FetchCellResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15smp/_proto/peer.proto\x12\tecsnap.v1\x1a\x19smp/_proto/snapshot.proto\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"s\n\x0cInfoResponse\x12\x13\n\x0bsmp_version\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x03 \x01(\t\x12\x14\n\x0c\x63odec_engine\x18\x04 \x01(\t\x12\x11\n\tknows_job\x18\x05 \x01(\x08\"\x89\x01\n\x0b\x43hunkHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x11\n\tfrom_node\x18\x03 \x01(\r\x12\x0e\n\x06stripe\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12)\n\x08manifest\x18\x06 \x01(\x0b\x32\x17.ecsnap.v1.NodeManifest\"h\n\x10PushChunkRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.ecsnap.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08\x63hecksum\x18\x03 \x01(\x06H\x00\x42\x06\n\x04part\"\x13\n\x11PushChunkResponse\">\n\x10ProtectedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\"\x13\n\x11ProtectedResponse\"^\n\x11StepFailedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x14\n\x12StepFailedResponse\"!\n\x0fJobStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"|\n\x10JobStateResponse\x12\x15\n\rhas_committed\x18\x01 \x01(\x08\x12\x16\n\x0e\x63ommitted_step\x18\x02 \x01(\x04\x12*\n\tmanifests\x18\x03 \x03(\x0b\x32\x17.ecsnap.v1.NodeManifest\x12\r\n\x05moved\x18\x04 \x01(\x08\"@\n\x10\x46\x65tchCellRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06stripe\x18\x03 \x01(\r\".\n\nCellHeader\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x06\"T\n\x11\x46\x65tchCellResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.ecsnap.v1.CellHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\">\n\x10\x46\x65tchSlotRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\"T\n\x11\x46\x65tchSlotResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.ecsnap.v1.SlotRecordH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xf5\x03\n\x04Peer\x12\x37\n\x04Info\x12\x16.ecsnap.v1.InfoRequest\x1a\x17.ecsnap.v1.InfoResponse\x12H\n\tPushChunk\x12\x1b.ecsnap.v1.PushChunkRequest\x1a\x1c.ecsnap.v1.PushChunkResponse(\x01\x12\x46\n\tProtected\x12\x1b.ecsnap.v1.ProtectedRequest\x1a\x1c.ecsnap.v1.ProtectedResponse\x12I\n\nStepFailed\x12\x1c.ecsnap.v1.StepFailedRequest\x1a\x1d.ecsnap.v1.StepFailedResponse\x12\x43\n\x08JobState\x12\x1a.ecsnap.v1.JobStateRequest\x1a\x1b.ecsnap.v1.JobStateResponse\x12H\n\tFetchCell\x12\x1b.ecsnap.v1.FetchCellRequest\x1a\x1c.ecsnap.v1.FetchCellResponse0\x01\x12H\n\tFetchSlot\x12\x1b.ecsnap.v1.FetchSlotRequest\x1a\x1c.ecsnap.v1.FetchSlotResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,13 +53,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSTATEREQUEST']._serialized_start=681
   _globals['_JOBSTATEREQUEST']._serialized_end=714
   _globals['_JOBSTATERESPONSE']._serialized_start=716
-  _globals['_JOBSTATERESPONSE']._serialized_end=825
-  _globals['_FETCHCELLREQUEST']._serialized_start=827
-  _globals['_FETCHCELLREQUEST']._serialized_end=891
-  _globals['_CELLHEADER']._serialized_start=893
-  _globals['_CELLHEADER']._serialized_end=939
-  _globals['_FETCHCELLRESPONSE']._serialized_start=941
-  _globals['_FETCHCELLRESPONSE']._serialized_end=1025
-  _globals['_PEER']._serialized_start=1028
-  _globals['_PEER']._serialized_end=1455
+  _globals['_JOBSTATERESPONSE']._serialized_end=840
+  _globals['_FETCHCELLREQUEST']._serialized_start=842
+  _globals['_FETCHCELLREQUEST']._serialized_end=906
+  _globals['_CELLHEADER']._serialized_start=908
+  _globals['_CELLHEADER']._serialized_end=954
+  _globals['_FETCHCELLRESPONSE']._serialized_start=956
+  _globals['_FETCHCELLRESPONSE']._serialized_end=1040
+  _globals['_FETCHSLOTREQUEST']._serialized_start=1042
+  _globals['_FETCHSLOTREQUEST']._serialized_end=1104
+  _globals['_FETCHSLOTRESPONSE']._serialized_start=1106
+  _globals['_FETCHSLOTRESPONSE']._serialized_end=1190
+  _globals['_PEER']._serialized_start=1193
+  _globals['_PEER']._serialized_end=1694
 # @@protoc_insertion_point(module_scope)

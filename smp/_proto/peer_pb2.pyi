@@ -96,14 +96,16 @@ class JobStateRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStateResponse(_message.Message):
-    __slots__ = ("has_committed", "committed_step", "manifests")
+    __slots__ = ("has_committed", "committed_step", "manifests", "moved")
     HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
     MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     has_committed: bool
     committed_step: int
     manifests: _containers.RepeatedCompositeFieldContainer[_snapshot_pb2.NodeManifest]
-    def __init__(self, has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., manifests: _Optional[_Iterable[_Union[_snapshot_pb2.NodeManifest, _Mapping]]] = ...) -> None: ...
+    moved: bool
+    def __init__(self, has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., manifests: _Optional[_Iterable[_Union[_snapshot_pb2.NodeManifest, _Mapping]]] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class FetchCellRequest(_message.Message):
     __slots__ = ("job_id", "step", "stripe")
@@ -130,3 +132,21 @@ class FetchCellResponse(_message.Message):
     header: CellHeader
     data: bytes
     def __init__(self, header: _Optional[_Union[CellHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FetchSlotRequest(_message.Message):
+    __slots__ = ("job_id", "rank", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class FetchSlotResponse(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: _snapshot_pb2.SlotRecord
+    data: bytes
+    def __init__(self, header: _Optional[_Union[_snapshot_pb2.SlotRecord, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -64,6 +64,11 @@ class PeerStub:
                 request_serializer=smp_dot___proto_dot_peer__pb2.FetchCellRequest.SerializeToString,
                 response_deserializer=smp_dot___proto_dot_peer__pb2.FetchCellResponse.FromString,
                 _registered_method=True)
+        self.FetchSlot = channel.unary_stream(
+                '/ecsnap.v1.Peer/FetchSlot',
+                request_serializer=smp_dot___proto_dot_peer__pb2.FetchSlotRequest.SerializeToString,
+                response_deserializer=smp_dot___proto_dot_peer__pb2.FetchSlotResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -105,6 +110,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSlot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.FetchCell,
                     request_deserializer=smp_dot___proto_dot_peer__pb2.FetchCellRequest.FromString,
                     response_serializer=smp_dot___proto_dot_peer__pb2.FetchCellResponse.SerializeToString,
+            ),
+            'FetchSlot': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSlot,
+                    request_deserializer=smp_dot___proto_dot_peer__pb2.FetchSlotRequest.FromString,
+                    response_serializer=smp_dot___proto_dot_peer__pb2.FetchSlotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class Peer:
             '/ecsnap.v1.Peer/FetchCell',
             smp_dot___proto_dot_peer__pb2.FetchCellRequest.SerializeToString,
             smp_dot___proto_dot_peer__pb2.FetchCellResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ecsnap.v1.Peer/FetchSlot',
+            smp_dot___proto_dot_peer__pb2.FetchSlotRequest.SerializeToString,
+            smp_dot___proto_dot_peer__pb2.FetchSlotResponse.FromString,
             options,
             channel_credentials,
             insecure,

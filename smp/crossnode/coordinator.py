@@ -74,6 +74,7 @@ class CrossNode:
         self.rpc_timeout = rpc_timeout
         self._lock = threading.RLock()
         self._rebuild_lock = threading.Lock()  # one rebuild at a time; later callers see its result
+        self._stage_lock = threading.Lock()
         self._members: dict[str, Membership] = {}
         self._clients = PeerClients(tls)
         # Coordinators wait on pushes: separate pools, so waiting never starves the pushes.
@@ -106,10 +107,20 @@ class CrossNode:
         with self._lock:
             old = self._members.get(job_id)
             same = old is not None and (old.layout, old.node) == (layout, node)
-            if old is not None and not same and old.holder is not None:
-                old.holder.release()  # another layout: those cells protect nothing any more
+            if old is not None and not same:
+                if old.holder is not None:
+                    old.holder.release()  # another layout: those cells protect nothing any more
+                self._local.restart_layout(job_id)
             holder = old.holder if same and old is not None else self._holder(job_id, layout, node)
             member = Membership(layout, node, tuple(addresses), bytes(secret), holder)
+            # Another place in another layout, with snapshots held here from before: the job's
+            # nodes were renumbered (or resized). What it needs is found where it is (restore
+            # looks on every node), not rebuilt from parity as if this node were new.
+            member.moved = (
+                old.moved
+                if same and old is not None
+                else old is not None and self._local.holds(job_id)
+            )
             if same and old is not None:
                 member.protected, member.pending = old.protected, old.pending
                 member.pending_since, member.digests = old.pending_since, old.digests
@@ -330,15 +341,71 @@ class CrossNode:
             assert member.holder is not None
             member.holder.forget_before(committed)
             self._local.set_degraded(job_id, "")  # a new commit: protected everywhere again
+            member.moved = False
             self._persist(job_id, member)
 
     # -- serving peers --------------------------------------------------------------------------
 
-    def job_state(self, job_id: str) -> tuple[int | None, list[snapshot_pb2.NodeManifest]]:
-        return serve.job_state(self._protected_member(job_id), self._local, job_id)
+    def job_state(self, job_id: str) -> tuple[int | None, list[snapshot_pb2.NodeManifest], bool]:
+        member = self._protected_member(job_id)
+        committed, manifests = serve.job_state(member, self._local, job_id)
+        return committed, manifests, member.moved
 
     def cell_source(self, job_id: str, step: int, stripe: int) -> tuple[int, list[memoryview]]:
         return serve.cell_source(self._protected_member(job_id), self._local, job_id, step, stripe)
+
+    def slot_source(
+        self, job_id: str, rank: int, step: int
+    ) -> tuple[snapshot_pb2.SlotRecord, list[memoryview]]:
+        self._protected_member(job_id)
+        return serve.slot_source(self._local, job_id, rank, step)
+
+    def stage(
+        self, job_id: str, rank: int, step: int, source_node: int, timeout: float
+    ) -> tuple[int, float]:
+        """Fetch `rank`'s snapshot of `step` from node `source_node` into this SMP (checksums
+        verified before it is served); (bytes fetched, seconds)."""
+        member = self._protected_member(job_id)
+        if not 0 <= source_node < member.layout.num_nodes or source_node == member.node:
+            raise BadRequest(f"node {source_node} is not a peer of node {member.node}")
+        with self._stage_lock:  # local ranks may ask for the same snapshot at once
+            if self._local.slot_of(job_id, rank, step) is not None:
+                return 0, 0.0  # held here already
+            return self._stage(job_id, member, rank, step, source_node, timeout)
+
+    def _stage(
+        self,
+        job_id: str,
+        member: Membership,
+        rank: int,
+        step: int,
+        source_node: int,
+        timeout: float,
+    ) -> tuple[int, float]:
+        started = time.perf_counter()
+        client = self._clients.get(member.addresses[source_node], member.secret)
+        stream = iter(client.fetch_slot(job_id, rank, step, min(timeout, self.rpc_timeout)))
+        first = next(stream, None)
+        if first is None or not first.HasField("header"):
+            raise PeerUnavailable(f"node {source_node} sent no record of rank {rank}, step {step}")
+        record = first.header
+        target = self._local.install_targets(job_id, step, [record])[0]
+        at, ok = 0, False
+        try:
+            for msg in stream:
+                piece = msg.data
+                if at + len(piece) > len(target):
+                    raise BadRequest(f"node {source_node} sent more than the {len(target)} bytes")
+                target[at : at + len(piece)] = piece
+                at += len(piece)
+            ok = at == len(target)
+        except grpc.RpcError as exc:
+            raise PeerUnavailable(f"fetching rank {rank} from node {source_node}: {exc}") from exc
+        finally:
+            self._local.finish_install(job_id, step, [record], ok)
+        if not ok:
+            raise PeerUnavailable(f"node {source_node} sent {at} of {len(target)} bytes")
+        return at, time.perf_counter() - started
 
     # -- rebuild --------------------------------------------------------------------------------
 
@@ -353,6 +420,8 @@ class CrossNode:
             return RebuildResult(False, committed)
         if committed is not None and self._local.node_parts(job_id, committed) is not None:
             return RebuildResult(False, committed)  # this node holds it: nothing to rebuild
+        if member.moved:
+            return RebuildResult(False, committed)
         result = rebuild.rebuild_node(
             self._clients,
             job_id,

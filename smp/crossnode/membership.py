@@ -32,6 +32,7 @@ class Membership:
     # Digests of the chunks this node sent, per step (a rebuild checks rebuilt chunks by them).
     digests: dict[int, list[snapshot_pb2.ChunkDigest]] = field(default_factory=dict)
     sending: set[int] = field(default_factory=set)  # steps whose chunks this node sent
+    moved: bool = False  # the job's nodes were laid out anew while this SMP held its snapshots
 
     @property
     def group(self) -> Group:

@@ -104,6 +104,11 @@ def plan(
             failures[node] = _cause(exc)
             logger.warning("job=%s: node %d did not answer: %s", job_id, node, failures[node])
     committed = [s.committed_step for s in states.values() if s.has_committed]
+    if any(s.moved for s in states.values()):
+        # The job was laid out anew (renumbered, resized): its snapshots are found where they
+        # are by the restore, not rebuilt as this node's old place in another layout.
+        logger.info("job=%s: the job's nodes were laid out anew: nothing to rebuild", job_id)
+        return None
     if not committed:
         if failures:
             causes = "; ".join(

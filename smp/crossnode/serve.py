@@ -1,8 +1,9 @@
-"""Serving peers: what this node holds of a job, for a replacement node's rebuild.
+"""Serving peers: what this node holds of a job, for another node's rebuild or restore.
 
 JobState: the committed step and every node manifest this node knows for it (its own, and the
 contributors' that came with their chunks). FetchCell: this node's cell of a stripe, a data chunk
-(read straight from the slots) or a parity cell, with its checksum.
+(read straight from the slots) or a parity cell, with its checksum. FetchSlot: a rank's whole
+snapshot (its record, then its bytes), for a rank that now runs on another node.
 """
 
 from __future__ import annotations
@@ -60,3 +61,13 @@ def cell_source(
     start, end = chunk_range(sum(len(p) for p in parts), group.k, i)
     pieces = list(send.blob_pieces(parts, start, end))
     return checksum.digest(pieces), pieces
+
+
+def slot_source(
+    local: LocalSnapshots, job_id: str, rank: int, step: int
+) -> tuple[snapshot_pb2.SlotRecord, list[memoryview]]:
+    found = local.slot_of(job_id, rank, step)
+    if found is None:
+        raise NotFound(f"this node holds no complete step {step} of rank {rank} of job {job_id!r}")
+    record, view = found
+    return record, list(send.blob_pieces([view], 0, len(view)))

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# These run the trainer side (`python -m ecsnap ...`) in a subprocess.
+pytest.importorskip("torch", reason="the trainer library needs torch")
+
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 TINY = [

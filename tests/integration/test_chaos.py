@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# These run the trainer side (`python -m ecsnap ...`) in a subprocess.
+pytest.importorskip("torch", reason="the trainer library needs torch")
+
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 

@@ -4,7 +4,7 @@
   still rebuilt bit for bit;
 - a replaced node that cannot reach its peers is a RestoreError naming them, not a fresh start;
 - a parity holder out of memory reaches every trainer as MemoryLimitError naming the node;
-- snapshots of another world size are refused, not half restored;
+- a DDP job relaunched at another world size restores the parameters it saved;
 - restore() before init_process_group and `smp forget` say what they do.
 """
 
@@ -21,7 +21,14 @@ import pytest
 import torch
 
 import ecsnap
-from ecsnap.testing import LocalCluster, LocalSMP, compare_runs, launch_ranks, read_restore
+from ecsnap.testing import (
+    LocalCluster,
+    LocalSMP,
+    compare_runs,
+    launch_ranks,
+    read_restore,
+    states_equal,
+)
 from smp import report
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -108,14 +115,25 @@ def test_a_parity_holder_out_of_memory_reaches_every_trainer(workdir: Path) -> N
         b.close()
 
 
-def test_snapshots_of_another_world_size_are_refused(workdir: Path, smp_node: LocalSMP) -> None:
+def test_a_ddp_job_restored_at_another_world_size(workdir: Path, smp_node: LocalSMP) -> None:
+    """What is not a DTensor is replicated as far as resharding knows (DCP's rule too): a new rank
+    gets its old rank's state where it had one, rank 0's otherwise, at the newest step."""
     run = launch_ranks(workdir / "two", "world", [smp_node.socket], 2, ARGS)
     assert run.wait(300) == [0, 0], run.output()
+    saved = [torch.load(workdir / "two" / f"rank{r}.final.pt", weights_only=True) for r in (0, 1)]
     for ranks in (1, 3):
         again = launch_ranks(workdir / f"w{ranks}", "world", [smp_node.socket], ranks, ARGS)
         codes, logs = again.wait(300), again.output()
-        assert all(c != 0 for c in codes), logs
-        assert "saved by a job of 2 ranks" in logs and f"this one has {ranks}" in logs, logs
+        assert codes == [0] * ranks, logs
+        assert f"restored step 7 saved by 2 ranks into {ranks} ranks (resharded" in logs, logs
+        for rank in range(ranks):
+            assert read_restore(workdir / f"w{ranks}", rank)["step"] == 7
+            now = torch.load(workdir / f"w{ranks}" / f"rank{rank}.final.pt", weights_only=True)
+            # An old rank's own copy where there is one (the demo's per-rank "shard"), else
+            # rank 0's.
+            then = saved[rank if rank < 2 else 0]
+            for key in ("model", "optim", "shard"):
+                assert states_equal(then[key], now[key]), (ranks, rank, key)
 
 
 def test_restore_before_the_process_group_is_a_clear_error(

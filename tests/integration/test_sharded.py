@@ -179,3 +179,61 @@ def test_export_dcp_loads_with_dcp_alone_into_an_unsharded_model(
     assert equal(sd["model"], final["model"])
     shutil.rmtree(out / "dcp")
     shutil.rmtree(out / "again")
+
+
+def test_renumbered_nodes_restore_from_wherever_the_snapshots_are(workdir: Path) -> None:
+    """torchrun's rendezvous gave the nodes each other's ranks on the relaunch: every rank's
+    snapshot is on the other node's SMP, fetched from there, and the run goes on bit for bit."""
+    a = LocalSMP(workdir / "a", memory_limit="256M").start()
+    b = LocalSMP(workdir / "b", memory_limit="256M").start()
+    env = {"ECSNAP_GROUP_SIZE": "2", "ECSNAP_PARITY": "1"}
+    try:
+        reference, out = crash_and_recover([a.socket, b.socket], workdir, "fsdp", 1, env)
+        args = ["--mode", "fsdp", "--steps", str(STEPS)]
+        again = launch_ranks(out, "fsdp", [b.socket, a.socket], 1, args, env, module=JOB)
+        assert again.wait(300) == [0, 0], again.output()
+        assert check_recovered(reference, out, 2) == KILL_AT - 1
+        assert "found on other nodes" in again.output()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_renumbered_and_a_node_lost_is_a_restore_error_not_a_fresh_start(workdir: Path) -> None:
+    """Renumbered and node b lost at once: b's rank is rebuilt from parity only on the layout it
+    was saved in, so the relaunch raises on every rank and says what to do."""
+    a = LocalSMP(workdir / "a", memory_limit="256M").start()
+    b = LocalSMP(workdir / "b", memory_limit="256M").start()
+    env = {"ECSNAP_GROUP_SIZE": "2", "ECSNAP_PARITY": "1"}
+    fresh = None
+    try:
+        _, out = crash_and_recover([a.socket, b.socket], workdir, "fsdp", 1, env)
+        b.stop(9)
+        b.wipe()
+        fresh = LocalSMP(workdir / "b-new", memory_limit="256M").start()
+        args = ["--mode", "fsdp", "--steps", str(STEPS)]
+        again = launch_ranks(out, "fsdp", [fresh.socket, a.socket], 1, args, env, module=JOB)
+        codes, logs = again.wait(300), again.output()
+        assert all(c != 0 for c in codes), logs
+        assert logs.count("cannot come back from memory") == 2, logs
+        # The save in flight at the kill may have committed before the ranks died.
+        assert any(f"step {s} was committed" in logs for s in (KILL_AT - 1, KILL_AT)), logs
+    finally:
+        for smp in (a, b, fresh):
+            if smp is not None:
+                smp.close()
+
+
+def test_another_world_size_is_resharded_from_memory(node: LocalSMP, workdir: Path) -> None:
+    """4 FSDP2 ranks saved; 3 relaunch: each assembles its new (uneven) shards from the old
+    ones, and the restored state, gathered, equals what was saved (as DCP resharding gives)."""
+    reference, out = crash_and_recover([node.socket], workdir, "fsdp", 4)
+    args = ["--mode", "fsdp", "--steps", str(STEPS)]
+    again = launch_ranks(out / "three", "fsdp", [node.socket], 3, args, module=JOB)
+    assert again.wait(300) == [0] * 3, again.output()
+    assert "resharded" in again.output()
+    step = read_restore(out / "three", 0)["step"]
+    assert step == KILL_AT - 1
+    saved = load(reference / f"rank0.step{step}.pt")  # the 4-rank run's gathered state then
+    for rank in range(3):
+        assert equal(load(out / "three" / f"rank{rank}.restored{step}.pt"), saved), rank
