@@ -110,7 +110,7 @@ class Daemon:
                 ) from exc
             logger.info("Prometheus metrics on http://%s/metrics", address)
         self.peer.start()
-        self.control.start()
+        # Logged before the control socket answers: whoever waits for readiness finds it.
         logger.info(
             "SMP %s (pid %d) serving: control ipc://%s, gRPC %s%s, store %s, memory limit %s, "
             "codec engine %s",
@@ -123,6 +123,7 @@ class Daemon:
             format_size(self.store.memory_limit),
             self.engine,
         )
+        self.control.start()
 
     def _bind_peer(self, servicer: PeerServicer, tls: PeerTls | None) -> PeerServer:
         """The peer port. With --port 0 a restarted SMP first tries the port it had on this

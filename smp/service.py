@@ -1,5 +1,5 @@
 """The SMP's local snapshots, as the control server serves them: registration, saves (slots,
-checksums), restores (verification), pins, commit waits, forgetting a job.
+checksums), commit waits, forgetting a job; what restores and exports read is in `smp.reads`.
 
 A step is complete on a rank once the rank committed its bytes and the SMP checksummed them; when
 it is committed is decided in `commits`. Slow work (checksums) runs on an executor and is reported
@@ -20,7 +20,6 @@ from smp.defaults import InvalidJobId, check_job_id
 from smp.errors import (
     Aborted,
     BadRequest,
-    ChecksumMismatch,
     Internal,
     NotFound,
     SmpError,
@@ -31,14 +30,14 @@ from smp.jobs import (
     CommitState,
     Job,
     JobTable,
-    OpenedSnapshot,
     RankInfo,
     RankState,
     Slot,
     SlotGrant,
     SlotState,
 )
-from smp.store import Arena, Store
+from smp.reads import SnapshotReads
+from smp.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +58,9 @@ def valid_job_id(job_id: str) -> str:
         raise BadRequest(str(exc)) from None
 
 
-class SnapshotService:
+class SnapshotService(SnapshotReads):
     def __init__(self, table: JobTable, store: Store, executor: Executor) -> None:
-        self.store = store
-        self._executor = executor
-        self._table = table
-        self._events = table.events
-        self._lock = table.lock
-        self._jobs = table.jobs
+        super().__init__(table, store, executor)
         self._listener: SnapshotListener | None = None
 
     def set_listener(self, listener: SnapshotListener) -> None:
@@ -75,9 +69,6 @@ class SnapshotService:
 
     def emit(self, event: str, job_id: str, value: float) -> None:
         self._events(event, job_id, value)
-
-    def _job(self, job_id: str) -> Job | None:
-        return self._table.get(job_id)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -250,38 +241,11 @@ class SnapshotService:
         self._events("save_aborted", job_id, 1)
         commits.resolve(resolved)
 
-    def pin(self, job_id: str, rank: int, step: int, pinned: bool, lease_s: float) -> None:
-        """Keep the slot holding `step` from being reused (an export reads it), or release it."""
-        with self._lock:
-            job = self._job(job_id)
-            state = job.ranks.get(rank) if job is not None else None
-            slot = state.complete(step) if state is not None else None
-            if slot is None:
-                if not pinned:
-                    return  # nothing to release: the step is gone already
-                raise NotFound(f"rank {rank} of job {job_id!r} holds no complete step {step}")
-            slot.pinned_until = time.monotonic() + lease_s if pinned else 0.0
-
     def slots_free(self, job_id: str) -> bool:
         """Every local rank of the job has a slot a new save may take."""
         with self._lock:
             job = self._jobs.get(job_id)
             return job is None or all(slots.free_slots(job, r) for r in job.live_ranks())
-
-    def locate(self, job_id: str) -> tuple[list[tuple[int, int, int, int]], int | None]:
-        """(rank, step, world size, bytes) of every complete snapshot held here, and the
-        committed step."""
-        with self._lock:
-            job = self._job(job_id)
-            if job is None:
-                return [], None
-            held = [
-                (rank, s.step, s.world_size, s.nbytes)
-                for rank, state in sorted(job.ranks.items())
-                for s in state.slots
-                if s.state is SlotState.COMPLETE
-            ]
-            return held, job.committed
 
     def retain(self, job_id: str, ranks: list[int]) -> None:
         """The job's ranks on this node are `ranks`: the others held here go at its next
@@ -312,78 +276,6 @@ class SnapshotService:
             job = self._jobs.get(job_id)
             if job is not None:
                 job.waiters = [(s, f) for s, f in job.waiters if f is not fut]
-
-    # -- restore ------------------------------------------------------------------------------
-
-    def list_steps(self, job_id: str, rank: int) -> tuple[list[int], int | None, list[int]]:
-        """(complete steps newest first, the job's committed step, world size of each step)."""
-        with self._lock:
-            job = self._job(job_id)
-            if job is None or rank not in job.ranks:
-                return [], None, []
-            held = sorted(
-                (s for s in job.ranks[rank].slots if s.state is SlotState.COMPLETE),
-                key=lambda s: s.step,
-                reverse=True,
-            )
-            return [s.step for s in held], job.committed, [s.world_size for s in held]
-
-    def open_snapshot(
-        self, job_id: str, rank: int, step: int, verify: bool = True
-    ) -> Future[OpenedSnapshot]:
-        with self._lock:
-            job = self._job(job_id)
-            state = job.ranks.get(rank) if job is not None else None
-            slot = state.complete(step) if state is not None else None
-            if state is None or slot is None or slot.arena is None:
-                held = sorted(state.complete_steps()) if state is not None else []
-                raise NotFound(
-                    f"job {job_id!r} rank {rank} holds no complete snapshot of step "
-                    f"{step} (complete steps held: {held})"
-                )
-            opened = OpenedSnapshot(
-                slot.index, str(slot.arena.path), slot.nbytes, slot.manifest, 0.0
-            )
-            generation, arena, expected = slot.generation, slot.arena, slot.checksums
-        if not verify or expected is None:
-            done: Future[OpenedSnapshot] = Future()
-            done.set_result(opened)
-            return done
-        return self._executor.submit(
-            self._verify, job_id, rank, step, slot, generation, arena, expected, opened
-        )
-
-    def _verify(
-        self,
-        job_id: str,
-        rank: int,
-        step: int,
-        slot: Slot,
-        generation: int,
-        arena: Arena,
-        expected: checksum.Checksums,
-        opened: OpenedSnapshot,
-    ) -> OpenedSnapshot:
-        start = time.perf_counter()
-        bad = checksum.mismatches(arena.view(opened.nbytes), expected)
-        elapsed = time.perf_counter() - start
-        if not bad:
-            return OpenedSnapshot(opened.slot, opened.path, opened.nbytes, opened.manifest, elapsed)
-        with self._lock:
-            if slot.generation == generation:
-                slot.clear()  # never offer these bytes again
-                self.store.drop_record(arena)
-            job = self._jobs.get(job_id)
-            if job is not None:
-                job.last_error = f"checksum mismatch in step {step} of rank {rank}"
-        self._events("checksum_failure", job_id, 1)
-        size = expected.chunk_size
-        ranges = ", ".join(f"{i * size}-{min((i + 1) * size, opened.nbytes)}" for i in bad[:5])
-        raise ChecksumMismatch(
-            f"step {step} of job {job_id!r} rank {rank}: {len(bad)} of "
-            f"{len(expected.values)} chunks do not match their checksums (bytes {ranges}"
-            f"{', ...' if len(bad) > 5 else ''}); the snapshot was dropped: restore an older step"
-        )
 
     # -- forgetting ---------------------------------------------------------------------------
 

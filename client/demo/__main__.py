@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecsnap.testing import LocalSMP, compare_runs, launch_ranks, read_restore, short_tmpdir
+from ecsnap.testing import LocalCluster, compare_runs, launch_ranks, read_restore, short_tmpdir
 from smp import report
 
 
@@ -33,13 +33,14 @@ class Demo:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
-        self.smps = [LocalSMP(work / f"node{n}") for n in range(args.nodes)]
+        self.cluster: LocalCluster | None = None
         self.world = args.nodes * args.ranks_per_node
         self.env = {"ECSNAP_GROUP_SIZE": str(args.nodes), "ECSNAP_PARITY": "1"}
         self.train = ["--steps", str(args.steps)]
 
     def run(self, out: Path, job: str, extra: list[str], expect: int) -> bool:
-        sockets = [s.socket for s in self.smps]
+        assert self.cluster is not None
+        sockets = self.cluster.sockets
         ranks = launch_ranks(
             out, job, sockets, self.args.ranks_per_node, [*self.train, *extra], self.env
         )
@@ -85,23 +86,22 @@ class Demo:
         return True
 
     def lose_node(self, node: int) -> None:
-        self.smps[node].stop(9)
-        self.smps[node].wipe()
-        self.smps[node] = LocalSMP(self.work / f"node{node}-replacement").start()
+        assert self.cluster is not None
+        self.cluster.lose(node)
         say(
             f"    node {node} is gone: SMP killed, its memory wiped; a fresh, empty SMP replaces it"
         )
 
     def status(self, node: int) -> None:
-        rendered = report.render(report.fetch_status(self.smps[node].socket))
+        assert self.cluster is not None
+        rendered = report.render(report.fetch_status(self.cluster.sockets[node]))
         for line in rendered.splitlines():
             print("[demo]     | " + line)
 
     def main(self) -> int:
         a = self.args
         say(f"starting {a.nodes} SMPs, one per simulated node (work dir {self.work})")
-        for smp in self.smps:
-            smp.start()
+        self.cluster = LocalCluster(self.work, a.nodes, memory_limit="2G")
         say(
             f"1/3 reference run: {a.nodes} nodes x {a.ranks_per_node} rank(s), {a.steps} steps, "
             "uninterrupted"
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return demo.main()
     finally:
-        for smp in demo.smps:
-            smp.close()
+        if demo.cluster is not None:
+            demo.cluster.close()
         if args.keep:
             say(f"kept {work}")
         else:

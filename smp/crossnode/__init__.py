@@ -3,8 +3,10 @@
 membership  the job's nodes as its ranks introduced them (layout, peers, secret), persisted
 send        this node's chunks to their parity holders; announcing protection and failures
 receive     parity cells filled as peers' chunks stream in (`ParityHolder`, `ChunkSink`)
-rebuild     a lost node's snapshot from its group: plan, fetch and fold, verify
-serve       what this node holds for a peer's rebuild (job state, cells)
+plan        what a rebuild fetches: the committed step, the survivors, the digests to check
+rebuild     a lost node's snapshot from its group: fetch and fold, verify
+serve       what this node holds for a peer (job state, cells, whole slots)
+stage       a rank's snapshot fetched from the node that holds it (renumbered or resized jobs)
 coordinator `CrossNode`: configure, authorize, commit bookkeeping, serving peers, rebuild
 
 It sees the local snapshots only through `smp.local.LocalSnapshots` and hears of saves as the

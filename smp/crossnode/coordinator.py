@@ -16,19 +16,16 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
-import grpc
 
 from smp._proto import snapshot_pb2
-from smp.crossnode import rebuild, send, serve
-from smp.crossnode.membership import Membership
+from smp.crossnode import send, serve, stage
+from smp.crossnode.membership import ClusterStatus, Membership
+from smp.crossnode.rebuild import RebuildResult, rebuild_node
 from smp.crossnode.receive import ChunkSink, ParityHolder
 from smp.errors import (
     BadRequest,
     MemoryLimitExceeded,
     NotFound,
-    PeerUnavailable,
     SmpError,
     StoreFull,
     Unauthenticated,
@@ -40,22 +37,6 @@ from smp.peerclient import PeerClients
 from smp.tls import PeerTls
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    node: int
-    group_members: list[int]
-    parity_bytes: int
-    protected: int | None
-
-
-@dataclass(frozen=True)
-class RebuildResult:
-    rebuilt: bool
-    step: int | None
-    seconds: float = 0.0
-    bytes_fetched: int = 0
 
 
 class CrossNode:
@@ -122,9 +103,7 @@ class CrossNode:
                 else old is not None and self._local.holds(job_id)
             )
             if same and old is not None:
-                member.protected, member.pending = old.protected, old.pending
-                member.pending_since, member.digests = old.pending_since, old.digests
-                member.sending = old.sending
+                member.carry_over(old)
                 if old.secret != member.secret:  # a new incarnation of the job
                     committed = self._local.committed(job_id)
                     member.restart(committed)
@@ -251,18 +230,11 @@ class CrossNode:
         """A holder did not take this node's chunk: the step can never be protected there, so
         it can never commit. Every node hears it at once (their next saves need not wait for
         the step), and a memory refusal reaches the trainers."""
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        error: SmpError
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            error = MemoryLimitExceeded(str(details))
-        else:
-            name = code.name if code is not None else type(exc).__name__
-            error = PeerUnavailable(
-                f"node {member.node} could not send its parity chunks of step {step}: {name}: "
-                f"{details}"
-            )
+        error = send.failure_of(exc, member.node, step)
         logger.warning("job=%s step=%d: %s", job_id, step, error)
+        self._fail_everywhere(job_id, member, step, error)
+
+    def _fail_everywhere(self, job_id: str, member: Membership, step: int, error: SmpError) -> None:
         self._local.fail_step(job_id, step, error)
         send.announce_failure(
             self._clients, job_id, member, step, error, self._notify_pool, self.rpc_timeout
@@ -292,10 +264,7 @@ class CrossNode:
             )
         except (MemoryLimitExceeded, StoreFull) as exc:
             error = type(exc)(f"node {member.node} cannot hold parity of step {step}: {exc}")
-            self._local.fail_step(job_id, step, error)
-            send.announce_failure(
-                self._clients, job_id, member, step, error, self._notify_pool, self.rpc_timeout
-            )
+            self._fail_everywhere(job_id, member, step, error)
             raise error from None
         return ChunkSink(member.holder, cell, epoch, step, from_node, stripe, length)
 
@@ -323,14 +292,12 @@ class CrossNode:
 
     def peer_protected(self, job_id: str, node: int, step: int) -> None:
         member = self._protected_member(job_id)
-        if not 0 <= node < member.layout.num_nodes or node == member.node:
-            raise BadRequest(f"node {node} is not a peer of node {member.node} in this job")
+        member.check_peer(node)
         self._protected(job_id, member, node, step)
 
     def peer_failed(self, job_id: str, node: int, step: int, code: str, message: str) -> None:
         member = self._protected_member(job_id)
-        if not 0 <= node < member.layout.num_nodes or node == member.node:
-            raise BadRequest(f"node {node} is not a peer of node {member.node} in this job")
+        member.check_peer(node)
         self._local.fail_step(job_id, step, from_code(code, message[:2000]))
 
     def _protected(self, job_id: str, member: Membership, node: int, step: int) -> None:
@@ -366,46 +333,13 @@ class CrossNode:
         """Fetch `rank`'s snapshot of `step` from node `source_node` into this SMP (checksums
         verified before it is served); (bytes fetched, seconds)."""
         member = self._protected_member(job_id)
-        if not 0 <= source_node < member.layout.num_nodes or source_node == member.node:
-            raise BadRequest(f"node {source_node} is not a peer of node {member.node}")
+        member.check_peer(source_node)
         with self._stage_lock:  # local ranks may ask for the same snapshot at once
             if self._local.slot_of(job_id, rank, step) is not None:
                 return 0, 0.0  # held here already
-            return self._stage(job_id, member, rank, step, source_node, timeout)
-
-    def _stage(
-        self,
-        job_id: str,
-        member: Membership,
-        rank: int,
-        step: int,
-        source_node: int,
-        timeout: float,
-    ) -> tuple[int, float]:
-        started = time.perf_counter()
-        client = self._clients.get(member.addresses[source_node], member.secret)
-        stream = iter(client.fetch_slot(job_id, rank, step, min(timeout, self.rpc_timeout)))
-        first = next(stream, None)
-        if first is None or not first.HasField("header"):
-            raise PeerUnavailable(f"node {source_node} sent no record of rank {rank}, step {step}")
-        record = first.header
-        target = self._local.install_targets(job_id, step, [record])[0]
-        at, ok = 0, False
-        try:
-            for msg in stream:
-                piece = msg.data
-                if at + len(piece) > len(target):
-                    raise BadRequest(f"node {source_node} sent more than the {len(target)} bytes")
-                target[at : at + len(piece)] = piece
-                at += len(piece)
-            ok = at == len(target)
-        except grpc.RpcError as exc:
-            raise PeerUnavailable(f"fetching rank {rank} from node {source_node}: {exc}") from exc
-        finally:
-            self._local.finish_install(job_id, step, [record], ok)
-        if not ok:
-            raise PeerUnavailable(f"node {source_node} sent {at} of {len(target)} bytes")
-        return at, time.perf_counter() - started
+            client = self._clients.get(member.addresses[source_node], member.secret)
+            timeout = min(timeout, self.rpc_timeout)
+            return stage.fetch_slot(client, self._local, job_id, rank, step, source_node, timeout)
 
     # -- rebuild --------------------------------------------------------------------------------
 
@@ -422,7 +356,7 @@ class CrossNode:
             return RebuildResult(False, committed)  # this node holds it: nothing to rebuild
         if member.moved:
             return RebuildResult(False, committed)
-        result = rebuild.rebuild_node(
+        result = rebuild_node(
             self._clients,
             job_id,
             member,
@@ -433,12 +367,13 @@ class CrossNode:
         )
         if result is None:
             return RebuildResult(False, None)
+        assert result.step is not None  # a rebuilt node holds a step
         with self._lock:
             member.protected = result.step
         self._local.adopt_commit(job_id, result.step, member.layout.num_nodes)
         self._persist(job_id, member)
         self._local.emit("rebuild", job_id, result.seconds)
-        return RebuildResult(True, result.step, result.seconds, result.bytes_fetched)
+        return result
 
     # -- adoption, status, lifecycle ------------------------------------------------------------
 
@@ -453,15 +388,7 @@ class CrossNode:
 
     def status(self, job_id: str) -> ClusterStatus | None:
         member = self.member(job_id)
-        if member is None:
-            return None
-        holder = member.holder
-        return ClusterStatus(
-            member.node,
-            list(member.group.members) if holder else [],
-            holder.nbytes if holder else 0,
-            member.protected,
-        )
+        return member.status() if member is not None else None
 
     def close(self) -> None:
         self._coord_pool.shutdown(wait=False, cancel_futures=True)

@@ -14,9 +14,18 @@ from dataclasses import dataclass, field
 
 from smp._proto import snapshot_pb2
 from smp.crossnode.receive import ParityHolder
+from smp.errors import BadRequest
 from smp.layout import Group, Layout
 
 _STEPS_KEPT = 4
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    node: int
+    group_members: list[int]
+    parity_bytes: int
+    protected: int | None
 
 
 @dataclass
@@ -40,6 +49,15 @@ class Membership:
 
     def peers(self) -> list[int]:
         return [n for n in range(self.layout.num_nodes) if n != self.node]
+
+    def check_peer(self, node: int) -> None:
+        if not 0 <= node < self.layout.num_nodes or node == self.node:
+            raise BadRequest(f"node {node} is not a peer of node {self.node} in this job")
+
+    def carry_over(self, old: Membership) -> None:
+        """The same place in the same layout, introduced again: what was in flight stays."""
+        self.protected, self.pending = old.protected, old.pending
+        self.pending_since, self.digests, self.sending = old.pending_since, old.digests, old.sending
 
     def begin(self, step: int) -> None:
         if self.pending is None or step > self.pending:
@@ -73,6 +91,15 @@ class Membership:
             self.protected = committed
         if self.holder is not None:
             self.holder.restart(committed)
+
+    def status(self) -> ClusterStatus:
+        holder = self.holder
+        return ClusterStatus(
+            self.node,
+            list(self.group.members) if holder else [],
+            holder.nbytes if holder else 0,
+            self.protected,
+        )
 
     def record(self, job_id: str, committed: int | None) -> snapshot_pb2.ClusterRecord:
         rec = snapshot_pb2.ClusterRecord(

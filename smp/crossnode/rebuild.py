@@ -1,9 +1,8 @@
 """Rebuilding a lost node from its group: plan, fetch and fold, verify.
 
-plan    every peer is asked for the job's committed step and the node manifests it holds. A peer
-        that does not answer (down, refusing the secret or the TLS certificate) is named: when no
-        answering peer holds anything committed, that is an error naming them, never "nothing
-        committed" (which would start the job again from scratch).
+plan    every peer is asked for the job's committed step and the node manifests it holds
+        (`smp.crossnode.plan`: a peer that does not answer is named, never taken for "nothing
+        committed").
 fetch   for all stripes at once, k surviving cells of each are streamed (server-streaming gRPC)
         and every ~1 MiB piece is folded into this node's cell as it arrives (the codec's partial
         decode: each survivor's share is linear), straight into the arenas the rebuilt slots and
@@ -27,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smp import checksum
-from smp._proto import peer_pb2, snapshot_pb2
+from smp._proto import snapshot_pb2
 from smp.codec import Codec
 from smp.crossnode.membership import Membership
+from smp.crossnode.plan import Plan, cause, plan
 from smp.crossnode.receive import ParityHolder
 from smp.errors import RebuildFailed
 from smp.layout import Group, chunk_range
@@ -40,110 +40,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Rebuilt:
-    step: int
-    bytes_fetched: int
-    seconds: float
+class RebuildResult:
+    """What a `Rebuild` request did: whether this node was rebuilt, and the step it holds."""
 
-
-# -- plan ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    step: int
-    manifests: dict[int, snapshot_pb2.NodeManifest]  # every group member's, digests merged
-    alive: set[int]  # group members holding the step's cells
-    where: str  # "step S of job J, group G (nodes ...), missing nodes [...]" for messages
-
-    def digests(self, node: int) -> dict[int, snapshot_pb2.ChunkDigest]:
-        return {d.stripe: d for d in self.manifests[node].chunks}
-
-
-def _merge_manifests(
-    states: dict[int, peer_pb2.JobStateResponse], step: int
-) -> dict[int, snapshot_pb2.NodeManifest]:
-    """Every node manifest of `step` known to the survivors, with all chunk digests merged."""
-    merged: dict[int, snapshot_pb2.NodeManifest] = {}
-    for state in states.values():
-        for m in state.manifests:
-            if m.step != step:
-                continue
-            have = merged.setdefault(
-                m.node,
-                snapshot_pb2.NodeManifest(
-                    node=m.node, step=m.step, blob_bytes=m.blob_bytes, slots=m.slots
-                ),
-            )
-            known = {d.stripe for d in have.chunks}
-            have.chunks.extend(d for d in m.chunks if d.stripe not in known)
-    return merged
-
-
-def plan(
-    clients: PeerClients,
-    job_id: str,
-    cluster: Membership,
-    executor: Executor,
-    timeout: float,
-) -> Plan | None:
-    """What to rebuild; None only when every peer answered and none holds a committed step."""
-    me, group = cluster.node, cluster.group
-    futures = {
-        n: executor.submit(
-            clients.get(cluster.addresses[n], cluster.secret).job_state, job_id, timeout
-        )
-        for n in cluster.peers()
-    }
-    states: dict[int, peer_pb2.JobStateResponse] = {}
-    failures: dict[int, str] = {}
-    for node, fut in futures.items():
-        try:
-            states[node] = fut.result()
-        except Exception as exc:  # noqa: BLE001 - an unreachable peer counts as lost
-            failures[node] = _cause(exc)
-            logger.warning("job=%s: node %d did not answer: %s", job_id, node, failures[node])
-    committed = [s.committed_step for s in states.values() if s.has_committed]
-    if any(s.moved for s in states.values()):
-        # The job was laid out anew (renumbered, resized): its snapshots are found where they
-        # are by the restore, not rebuilt as this node's old place in another layout.
-        logger.info("job=%s: the job's nodes were laid out anew: nothing to rebuild", job_id)
-        return None
-    if not committed:
-        if failures:
-            causes = "; ".join(
-                f"node {n} at {cluster.addresses[n]}: {c}" for n, c in failures.items()
-            )
-            raise RebuildFailed(
-                f"cannot rebuild node {me} of job {job_id!r}: no peer that answered holds a "
-                f"committed step, and node(s) {sorted(failures)} did not answer ({causes}). "
-                "Check that their SMPs run and accept this one (address, TLS certificates)"
-            )
-        return None
-    step = max(committed)
-    # A peer that has not yet seen the newest commit still holds that step's cells; one with
-    # nothing committed (a replacement, like this one) holds none.
-    alive = {n for n, s in states.items() if s.has_committed} & set(group.members)
-    missing = sorted(set(group.members) - alive - {me})
-    where = (
-        f"step {step} of job {job_id!r}, group {group.index} (nodes "
-        f"{list(group.members)}), missing nodes {sorted([*missing, me])}"
-    )
-    manifests = _merge_manifests(states, step)
-    if me not in manifests or any(n not in manifests for n in group.members):
-        raise RebuildFailed(
-            f"cannot rebuild {where}: the survivors lack the node manifests "
-            "needed (more nodes lost than the parity covers?)"
-        )
-    return Plan(step, manifests, alive, where)
-
-
-def _cause(exc: BaseException) -> str:
-    details = getattr(exc, "details", None)
-    code = getattr(exc, "code", None)
-    if callable(details) and callable(code):
-        return f"{code().name}: {details()}"
-    return str(exc) or type(exc).__name__
+    rebuilt: bool
+    step: int | None
+    seconds: float = 0.0
+    bytes_fetched: int = 0
 
 
 # -- fetch and fold -----------------------------------------------------------------------------
@@ -255,7 +158,7 @@ class _Fetcher:
                         self.step,
                         owner,
                         s.stripe,
-                        _cause(exc),
+                        cause(exc),
                     )
                     bad.add(index)
                     failed = True
@@ -291,7 +194,7 @@ def rebuild_node(
     engine: str,
     executor: Executor,
     timeout: float,
-) -> Rebuilt | None:
+) -> RebuildResult | None:
     """Rebuild this node's newest committed step from its peers, installed in place; None if no
     peer has one (and every peer answered)."""
     started = time.perf_counter()
@@ -306,9 +209,9 @@ def rebuild_node(
     slot_views = local.install_targets(job_id, step, records)
     ok = False
     try:
-        fetched = _fetch_all(
-            clients, job_id, cluster, found, slot_views, holder, engine, executor, timeout
-        )
+        codec = Codec(cluster.group.k, cluster.group.parity, engine=engine)
+        fetcher = _Fetcher(clients, job_id, cluster, step, codec, executor, timeout)
+        fetched = _NodeFetch(fetcher, cluster, found, slot_views, holder).run()
         ok = True
     finally:
         local.finish_install(job_id, step, records, ok)
@@ -322,73 +225,79 @@ def rebuild_node(
         fetched,
         seconds,
     )
-    return Rebuilt(step, fetched, seconds)
+    return RebuildResult(True, step, seconds, fetched)
 
 
-def _fetch_all(
-    clients: PeerClients,
-    job_id: str,
-    cluster: Membership,
-    found: Plan,
-    slot_views: list[memoryview],
-    holder: ParityHolder,
-    engine: str,
-    executor: Executor,
-    timeout: float,
-) -> int:
-    me, group, step = cluster.node, cluster.group, found.step
-    fetcher = _Fetcher(
-        clients,
-        job_id,
-        cluster,
-        step,
-        Codec(group.k, group.parity, engine=engine),
-        executor,
-        timeout,
-    )
-    mine = found.manifests[me]
-    my_digests = found.digests(me)
+@dataclass
+class _NodeFetch:
+    """Every stripe of this node's cells, fetched and folded into the arenas they will live in."""
 
-    def one_stripe(stripe: int) -> int:
+    fetcher: _Fetcher
+    cluster: Membership
+    found: Plan
+    slot_views: list[memoryview]
+    holder: ParityHolder
+
+    def run(self) -> int:
+        group = self.cluster.group
+        # Stripes in parallel (their fetches on the fetcher's executor): transfers overlap decoding.
+        with ThreadPoolExecutor(group.size, thread_name_prefix="smp-stripe") as stripes:
+            return sum(stripes.map(self.stripe, range(group.size)))
+
+    def stripe(self, stripe: int) -> int:
+        group, me, found = self.cluster.group, self.cluster.node, self.found
         contributors = group.contributors(stripe)
         cell_len = max(_data_length(group, found.manifests, n, stripe) for n in contributors)
         mine_index = group.cell_index(stripe, me)
-        if mine_index < group.k:
-            start, end = chunk_range(mine.blob_bytes, group.k, group.data_stripes(me).index(stripe))
-            out = _Out(_blob_regions(slot_views, start, end))
-        else:
-            out = _Out([holder.install_target(step, stripe, cell_len)])
-        candidates = [(i, group.cell_owner(stripe, i)) for i in range(group.size)]
-        candidates = [(i, owner) for i, owner in candidates if owner in found.alive]
-        # A data cell must match the digest its holders recorded; a parity cell, its header.
-        expected: dict[int, int | None] = {}
-        for i, owner in candidates:
-            digest = found.digests(owner).get(stripe) if i < group.k else None
-            expected[i] = digest.checksum if digest is not None else None
-        s = _Stripe(stripe, mine_index, cell_len, out, candidates, expected)
+        out = self._target(stripe, mine_index, cell_len)
+        s = _Stripe(stripe, mine_index, cell_len, out, *self._candidates(stripe))
         out.clear()  # the folds accumulate: start from zero (a reused arena holds old bytes)
-        ok, got = fetcher.stripe(s)
+        ok, got = self.fetcher.stripe(s)
         if not ok:
             raise RebuildFailed(
                 f"cannot rebuild {found.where}: stripe {stripe} has fewer than the {group.k} good "
                 "cells needed"
             )
         if mine_index >= group.k:
-            digests = {
-                n: found.digests(n)[stripe].checksum
-                for n in contributors
-                if stripe in found.digests(n)
-            }
-            holder.finish_install(step, stripe, digests, found.manifests.values())
-            return got
-        want = my_digests.get(stripe)
-        if want is not None and out.digest() != want.checksum:
-            raise RebuildFailed(
-                f"cannot rebuild {found.where}: the decoded chunk of stripe {stripe} does not "
-                "match its recorded checksum"
-            )
+            self._install_parity(stripe)
+        else:
+            self._verify(stripe, out)
         return got
 
-    # Stripes in parallel (their fetches on `executor`): the transfers overlap with decoding.
-    with ThreadPoolExecutor(group.size, thread_name_prefix="smp-stripe") as stripes:
-        return sum(stripes.map(one_stripe, range(group.size)))
+    def _target(self, stripe: int, mine_index: int, cell_len: int) -> _Out:
+        """Where this node's cell of `stripe` is decoded: its slice of the slots, or parity."""
+        group, me, step = self.cluster.group, self.cluster.node, self.found.step
+        if mine_index >= group.k:
+            return _Out([self.holder.install_target(step, stripe, cell_len)])
+        blob_bytes = self.found.manifests[me].blob_bytes
+        start, end = chunk_range(blob_bytes, group.k, group.data_stripes(me).index(stripe))
+        return _Out(_blob_regions(self.slot_views, start, end))
+
+    def _candidates(self, stripe: int) -> tuple[list[tuple[int, int]], dict[int, int | None]]:
+        """The surviving cells of `stripe` (index, owner), and what each must hash to: a data
+        cell the digest its holders recorded; a parity cell, its header's (None here)."""
+        group, found = self.cluster.group, self.found
+        candidates = [(i, group.cell_owner(stripe, i)) for i in range(group.size)]
+        candidates = [(i, owner) for i, owner in candidates if owner in found.alive]
+        expected: dict[int, int | None] = {}
+        for i, owner in candidates:
+            digest = found.digests(owner).get(stripe) if i < group.k else None
+            expected[i] = digest.checksum if digest is not None else None
+        return candidates, expected
+
+    def _install_parity(self, stripe: int) -> None:
+        found = self.found
+        digests = {
+            n: found.digests(n)[stripe].checksum
+            for n in self.cluster.group.contributors(stripe)
+            if stripe in found.digests(n)
+        }
+        self.holder.finish_install(found.step, stripe, digests, found.manifests.values())
+
+    def _verify(self, stripe: int, out: _Out) -> None:
+        want = self.found.digests(self.cluster.node).get(stripe)
+        if want is not None and out.digest() != want.checksum:
+            raise RebuildFailed(
+                f"cannot rebuild {self.found.where}: the decoded chunk of stripe {stripe} does not "
+                "match its recorded checksum"
+            )

@@ -13,11 +13,13 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 
+import grpc
+
 from smp import checksum
 from smp._proto import peer_pb2, snapshot_pb2
 from smp.crossnode.membership import Membership
 from smp.defaults import PEER_PIECE as PIECE
-from smp.errors import SmpError
+from smp.errors import MemoryLimitExceeded, PeerUnavailable, SmpError
 from smp.layout import chunk_range
 from smp.peerclient import PeerClients
 
@@ -148,3 +150,16 @@ def announce_failure(
 
     for node in cluster.peers():
         executor.submit(one, node)
+
+
+def failure_of(exc: BaseException, node: int, step: int) -> SmpError:
+    """What a failed send means for the step: a holder's memory refusal stays one (the trainers
+    hear it as such); anything else is a peer that could not take the chunk."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return MemoryLimitExceeded(str(details))
+    name = code.name if code is not None else type(exc).__name__
+    return PeerUnavailable(
+        f"node {node} could not send its parity chunks of step {step}: {name}: {details}"
+    )

@@ -6,14 +6,13 @@ survivors' data and parity over gRPC and ends bit for bit like a run that never 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ecsnap.testing import (
-    LocalSMP,
+    LocalCluster,
     compare_runs,
     launch_ranks,
     read_restore,
@@ -28,43 +27,14 @@ WORLD = NODES * RANKS_PER_NODE
 ARGS = ["--steps", str(STEPS), "--shard-size", "65536"]
 
 
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.smps = [LocalSMP(root / f"node{n}", memory_limit="512M").start() for n in range(NODES)]
-        self.generation = 0
-
-    @property
-    def sockets(self) -> list[str]:
-        return [s.socket for s in self.smps]
-
-    def lose(self, *nodes: int) -> None:
-        """The machines die (SMP killed, memory gone); fresh SMPs are started in their place."""
-        self.generation += 1
-        for n in nodes:
-            self.smps[n].stop(9)
-            self.smps[n].wipe()
-            fresh = LocalSMP(self.root / f"node{n}-{self.generation}", memory_limit="512M")
-            self.smps[n] = fresh.start()
-
-    def close(self) -> None:
-        for smp in self.smps:
-            smp.close()
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    root = short_tmpdir("ecsnap-nl-")
-    c = Cluster(root)
-    try:
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(short_tmpdir("ecsnap-nl-"), NODES) as c:
         yield c
-    finally:
-        c.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def reference(cluster: Cluster) -> Path:
+def reference(cluster: LocalCluster) -> Path:
     """The uninterrupted run every recovered run must equal (redundancy does not change it)."""
     out = cluster.root / "reference"
     run = launch_ranks(out, "reference", cluster.sockets, RANKS_PER_NODE, ARGS, parity_env(1))
@@ -76,7 +46,7 @@ def parity_env(m: int) -> dict[str, str]:
     return {"ECSNAP_GROUP_SIZE": str(NODES), "ECSNAP_PARITY": str(m)}
 
 
-def crash(cluster: Cluster, out: Path, job: str, m: int) -> None:
+def crash(cluster: LocalCluster, out: Path, job: str, m: int) -> None:
     run = launch_ranks(
         out,
         job,
@@ -88,7 +58,7 @@ def crash(cluster: Cluster, out: Path, job: str, m: int) -> None:
     assert run.wait(300) == [-9] * WORLD, run.output()
 
 
-def relaunch_and_check(cluster: Cluster, reference: Path, out: Path, job: str, m: int) -> int:
+def relaunch_and_check(cluster: LocalCluster, reference: Path, out: Path, job: str, m: int) -> int:
     run = launch_ranks(out, job, cluster.sockets, RANKS_PER_NODE, ARGS, parity_env(m))
     assert run.wait(300) == [0] * WORLD, run.output()
     restores = [read_restore(out, r) for r in range(WORLD)]
@@ -102,7 +72,7 @@ def rebuilt_nodes(out: Path) -> set[int]:
     return {r // RANKS_PER_NODE for r in range(WORLD) if read_restore(out, r).get("rebuilt", False)}
 
 
-def test_one_lost_node_is_rebuilt_from_parity(cluster: Cluster, reference: Path) -> None:
+def test_one_lost_node_is_rebuilt_from_parity(cluster: LocalCluster, reference: Path) -> None:
     out = cluster.root / "m1"
     crash(cluster, out, "m1", 1)
     cluster.lose(2)
@@ -124,7 +94,7 @@ def test_one_lost_node_is_rebuilt_from_parity(cluster: Cluster, reference: Path)
     )
 
 
-def test_two_lost_nodes_are_rebuilt_with_two_parity(cluster: Cluster, reference: Path) -> None:
+def test_two_lost_nodes_are_rebuilt_with_two_parity(cluster: LocalCluster, reference: Path) -> None:
     out = cluster.root / "m2"
     crash(cluster, out, "m2", 2)
     cluster.lose(1, 3)
@@ -132,7 +102,7 @@ def test_two_lost_nodes_are_rebuilt_with_two_parity(cluster: Cluster, reference:
     assert rebuilt_nodes(out) == {1, 3}
 
 
-def test_a_damaged_snapshot_is_rebuilt_from_parity(cluster: Cluster, reference: Path) -> None:
+def test_a_damaged_snapshot_is_rebuilt_from_parity(cluster: LocalCluster, reference: Path) -> None:
     """One byte of node 1's copy of the committed step flips while the job is down: restore
     finds it (checksums), drops that copy and rebuilds it from the group's parity."""
     out = cluster.root / "damaged"
