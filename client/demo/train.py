@@ -17,8 +17,9 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -63,15 +64,108 @@ def build(rank: int, hidden: int, shard_size: int) -> tuple[nn.Module, nn.Parame
     return model, shard
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--out", required=True)
     p.add_argument("--die-at-step", type=int, default=-1)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1 << 20)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+@dataclass
+class _Trainer:
+    """One rank's training state and the step that advances it."""
+
+    model: nn.Module
+    shard: nn.Parameter
+    net: nn.Module  # what is trained: DDP(model) when there are several ranks
+    optim: torch.optim.Optimizer
+    data: DataCursor
+
+    @classmethod
+    def create(cls, args: argparse.Namespace, rank: int, world: int) -> _Trainer:
+        model, shard = build(rank, args.hidden, args.shard_size)
+        net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
+        data = DataCursor(seed=7, rank=rank, batch=16, features=32)
+        if world > 1:
+            # DDP re-buckets gradients after its first backward, and with more than two ranks the
+            # bucket layout changes the summation order of gloo's all-reduce: a job resumed mid-run
+            # would differ in the last bits from one that never stopped. A throwaway backward
+            # fixes the layout before the first real step (training state is untouched).
+            net(torch.zeros(1, 32)).sum().mul(0).backward()
+            model.zero_grad(set_to_none=True)
+        torch.manual_seed(99 + rank)  # per-rank dropout stream
+        return cls(model, shard, net, optim, data)
+
+    def app_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "shard": self.shard,
+            "optim": self.optim,
+            "data": self.data,
+            "rng": ecsnap.RNGState(),
+            "meta": {"note": "demo"},
+        }
+
+    def step(self) -> torch.Tensor:
+        x, y = self.data.next_batch()
+        loss = nn.functional.mse_loss(self.net(x), y) + 1e-3 * (self.shard.float() ** 2).mean()
+        self.optim.zero_grad()
+        loss.backward()
+        self.optim.step()
+        return loss
+
+
+def _restore(snap: ecsnap.Snapshotter, app_state: dict[str, Any], report: Path) -> int:
+    """Restore the newest snapshot, if any, and write what happened; returns the step to start."""
+    t0 = time.perf_counter()
+    restored = snap.restore(app_state)
+    restore_s = time.perf_counter() - t0
+    report.write_text(
+        json.dumps(
+            {
+                "step": restored,
+                "seconds": restore_s,
+                "pid": os.getpid(),
+                "rebuilt": bool(snap.last_rebuild and snap.last_rebuild.rebuilt),
+            }
+        )
+    )
+    return 0 if restored is None else restored + 1
+
+
+def _train(
+    args: argparse.Namespace,
+    trainer: _Trainer,
+    snap: ecsnap.Snapshotter,
+    app_state: dict[str, Any],
+    start: int,
+    losses: TextIO,
+    rank: int,
+) -> ecsnap.SaveHandle | None:
+    """Steps start..--steps, each snapshotted; returns the last save's handle."""
+    handle = None
+    for step in range(start, args.steps):
+        loss = trainer.step()
+        losses.write(json.dumps({"step": step, "loss": float(loss.item()).hex()}) + "\n")
+        losses.flush()
+        # The last step must be protected: wait for a free slot rather than skip it.
+        handle = snap.save(step, app_state, on_busy="wait" if step == args.steps - 1 else None)
+        if step == args.die_at_step:
+            print(
+                f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+    return handle
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     logging.basicConfig(
         level=os.environ.get("ECSNAP_LOG_LEVEL", "warning").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -84,66 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model, shard = build(rank, args.hidden, args.shard_size)
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
-    data = DataCursor(seed=7, rank=rank, batch=16, features=32)
-    if world > 1:
-        # DDP re-buckets gradients after its first backward, and with more than two ranks the
-        # bucket layout changes the summation order of gloo's all-reduce: a job resumed mid-run
-        # would differ in the last bits from one that never stopped. A throwaway backward
-        # fixes the layout before the first real step (training state is untouched).
-        net(torch.zeros(1, 32)).sum().mul(0).backward()
-        model.zero_grad(set_to_none=True)
-    torch.manual_seed(99 + rank)  # per-rank dropout stream
-    app_state: dict[str, Any] = {
-        "model": model,
-        "shard": shard,
-        "optim": optim,
-        "data": data,
-        "rng": ecsnap.RNGState(),
-        "meta": {"note": "demo"},
-    }
-
+    trainer = _Trainer.create(args, rank, world)
+    app_state = trainer.app_state()
     snap = ecsnap.Snapshotter()
-    t0 = time.perf_counter()
-    restored = snap.restore(app_state)
-    restore_s = time.perf_counter() - t0
-    (out / f"rank{rank}.restore.json").write_text(
-        json.dumps(
-            {
-                "step": restored,
-                "seconds": restore_s,
-                "pid": os.getpid(),
-                "rebuilt": bool(snap.last_rebuild and snap.last_rebuild.rebuilt),
-            }
-        )
-    )
-    start = 0 if restored is None else restored + 1
-
-    handle = None
+    start = _restore(snap, app_state, out / f"rank{rank}.restore.json")
     with (out / f"rank{rank}.losses.jsonl").open("a") as losses:
-        for step in range(start, args.steps):
-            x, y = data.next_batch()
-            loss = nn.functional.mse_loss(net(x), y) + 1e-3 * (shard.float() ** 2).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            losses.write(json.dumps({"step": step, "loss": float(loss.item()).hex()}) + "\n")
-            losses.flush()
-            # The last step must be protected: wait for a free slot rather than skip it.
-            handle = snap.save(step, app_state, on_busy="wait" if step == args.steps - 1 else None)
-            if step == args.die_at_step:
-                print(
-                    f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                os.kill(os.getpid(), signal.SIGKILL)
+        handle = _train(args, trainer, snap, app_state, start, losses, rank)
     if handle is not None:
         handle.wait_protected(timeout=60)
     torch.save(
-        {"model": model.state_dict(), "optim": optim.state_dict(), "shard": shard.detach()},
+        {
+            "model": trainer.model.state_dict(),
+            "optim": trainer.optim.state_dict(),
+            "shard": trainer.shard.detach(),
+        },
         out / f"rank{rank}.final.pt",
     )
     snap.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ecsnap.bench.train.base import Spec
@@ -142,21 +143,20 @@ def _mean(s: Mapping[str, Any] | None, key: str) -> float | None:
     return float(s[key]["mean"])
 
 
-def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for ecsnap with a snapshot every step and parity on."""
-    subject, note = "ecsnap_parity", ""
-    e = _get(data, subject)
-    if e is None and _get(data, "ecsnap") is not None:
-        subject, note, e = "ecsnap", " [parity on did not run: measured with parity off]", None
-        e = _get(data, "ecsnap")
-    out: list[dict[str, Any]] = []
+@dataclass
+class _Checks:
+    """The target checks of one subject (the ecsnap contender they are about), as they are made."""
 
-    def check(name: str, value: float | None, goal: float, higher: bool, detail: str) -> None:
+    subject: str
+    note: str
+    out: list[dict[str, Any]] = field(default_factory=list)
+
+    def check(self, name: str, value: float | None, goal: float, higher: bool, detail: str) -> None:
         met = None if value is None else (value >= goal if higher else value <= goal)
-        out.append(
+        self.out.append(
             {
-                "target": name + note,
-                "subject": subject,
+                "target": name + self.note,
+                "subject": self.subject,
                 "value": value,
                 "goal": goal,
                 "met": met,
@@ -164,39 +164,45 @@ def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
-    if e is None:
-        return out
+
+def _throughput_targets(data: Mapping[str, Any], e: Mapping[str, Any], checks: _Checks) -> None:
     rel = _med(e, "throughput_vs_baseline")
     base = _get(data, "baseline")
     step = _med(base, "step_s")
     copy = _med(e, "copy_s")
     ratio = f"step compute / state copy = {step / copy:.1f}x" if step and copy else ""
-    check("throughput >= 95% of baseline", rel, 0.95, True, ratio)
+    checks.check("throughput >= 95% of baseline", rel, 0.95, True, ratio)
     dcpa = _get(data, "dcp_async")
     dcpa_rel = _med(dcpa, "throughput_vs_baseline")
     n = data["config"]["interval"]
-    for who in (subject + "_n", subject):
+    for who in (checks.subject + "_n", checks.subject):
         mine = _med(_get(data, who), "throughput_vs_baseline")
         value = None if mine is None or dcpa_rel is None else mine / dcpa_rel
         what = f"every {n}" if who.endswith("_n") else f"every step vs DCP's every {n}"
-        check(
+        checks.check(
             f"throughput better than DCP async_save ({what})",
             value,
             1.0,
             True,
             f"{who} / dcp_async throughput",
         )
+
+
+def _blocked_targets(data: Mapping[str, Any], e: Mapping[str, Any], checks: _Checks) -> None:
     blocked = _mean(e, "blocked_s")
     for other, goal in (("dcp_async", 10.0), ("torch_save", 50.0)):
         theirs = _mean(_get(data, other), "blocked_s")
         value = None if blocked is None or theirs is None or blocked == 0 else theirs / blocked
-        check(
+        checks.check(
             f"blocked per snapshot <= 1/{goal:g} of {other}",
             value,
             goal,
             True,
-            f"{other} mean blocked / {subject} mean blocked",
+            f"{other} mean blocked / {checks.subject} mean blocked",
         )
+
+
+def _recovery_targets(data: Mapping[str, Any], e: Mapping[str, Any], checks: _Checks) -> None:
     recoveries = (  # (our failure, theirs, goal, what the target says, what the ratio is)
         ("kill", "kill", 5.0, "trainer kill", "{other} / {subject} relaunch-to-first-step"),
         ("node_loss", "cold", 2.0, "node loss",
@@ -210,17 +216,32 @@ def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             theirs = _med(s, theirs_phase, "recovery_s")
             value = None if mine is None or theirs is None else theirs / mine
             load = _med(s, theirs_phase, "load_s")
-            detail = ratio_of.format(other=other, subject=subject)
+            detail = ratio_of.format(other=other, subject=checks.subject)
             if load and mine_load:
                 detail += f"; load only: {load / mine_load:.1f}x"
-            check(
+            checks.check(
                 f"recovery after {failure} >= {goal:g}x faster than {other}",
                 value,
                 goal,
                 True,
                 detail,
             )
-    return out
+
+
+def targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for ecsnap with a snapshot every step and parity on."""
+    subject, note = "ecsnap_parity", ""
+    e = _get(data, subject)
+    if e is None and _get(data, "ecsnap") is not None:
+        subject, note, e = "ecsnap", " [parity on did not run: measured with parity off]", None
+        e = _get(data, "ecsnap")
+    checks = _Checks(subject, note)
+    if e is None:
+        return checks.out
+    _throughput_targets(data, e, checks)
+    _blocked_targets(data, e, checks)
+    _recovery_targets(data, e, checks)
+    return checks.out
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -254,9 +275,18 @@ def _sec(s: Mapping[str, Any] | None, key: str) -> str:
     )
 
 
-def render(data: Mapping[str, Any]) -> str:
-    c, m = data["config"], data["machine"]
-    lines = [
+_LEGEND = (
+    "",
+    "blocked = time the training loop waited for a checkpoint (ecsnap: in save() plus the "
+    "optimizer fence);",
+    "safe = checkpoint start until fsynced on disk / committed by the SMPs; recovery = "
+    "relaunch until the first step",
+    "after loading is done (load = loading alone); baseline: a fresh start, nothing loaded.",
+)
+
+
+def _header(c: Mapping[str, Any], m: Mapping[str, Any]) -> list[str]:
+    return [
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / (1 << 30):.0f} GiB, "
         f"{m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}; "
         f"checkpoint dir on {m['ckpt_dir_fs']}",
@@ -264,72 +294,87 @@ def render(data: Mapping[str, Any]) -> str:
         f"{c['state_bytes_per_rank'] / (1 << 20):.0f} MiB state per rank, "
         f"{c['params'] / 1e6:.1f}M params; {c['warmup']} warm-up + {c['steps']} measured steps; "
         f"median [min..max] of {c['repeats']} interleaved run(s)",
+    ]
+
+
+def _overhead_row(entry: Mapping[str, Any]) -> str:
+    """A contender's training-overhead row (or its failure)."""
+    label = entry["label"]
+    if entry["status"] != "ok":
+        err = entry["errors"][0]["error"].splitlines()[0]
+        return f"{label:<20} FAILED: {err[:150]}"
+    s = entry["summary"]
+    sps = s["steps_per_s"]["median"]
+    lost = s.get("work_lost_steps")
+    lost_txt = (
+        f"{lost['mean']:.1f} mean, {lost['worst']:.1f} worst" if lost else "all (restart at 0)"
+    )
+    b = s["blocked_s"]
+    return (
+        f"{label:<20} {sps:7.3f}  {_spread(s['throughput_vs_baseline']):<21} "
+        f"{_ms(b['mean'] if b else None):>17} {_ms(b['max'] if b else None):>9} "
+        f"{_ms(_med(s, 'safe_s')):>10}  {lost_txt:<20}"
+    )
+
+
+def _second_recovery(s: Mapping[str, Any]) -> str:
+    """The recovery column after the trainer kill's: cold cache (disk) or node loss (ecsnap)."""
+    if "cold" in s:
+        return "cold: " + _sec(s, "cold")
+    if "node_loss" in s:
+        return "node: " + _sec(s, "node_loss")
+    return "not covered" if s["kind"] == "ecsnap" else "-"
+
+
+def _recovery_row(entry: Mapping[str, Any]) -> str:
+    s = entry["summary"]
+    return (
+        f"{entry['label']:<20} {_sec(s, 'kill'):<36} {_second_recovery(s):<36} "
+        f"{_mib(_med(s, 'trainer_max_rss_bytes')):>11} "
+        f"{_mib(_med(s, 'smp_vm_hwm_bytes')):>8} {_mib(_med(s, 'smp_arena_bytes')):>10}"
+    )
+
+
+def _target_lines(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return []
+    lines = ["", "targets:"]
+    for t in checks:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"  {verdict:<6} {t['target']}: {value} (goal {t['goal']:g}; {t['detail']})")
+    return lines
+
+
+def _failure_lines(contenders: Mapping[str, Any]) -> list[str]:
+    failed = [name for name, entry in contenders.items() if entry["status"] != "ok"]
+    if not failed:
+        return []
+    lines = ["", "failed contenders:"]
+    for name in failed:
+        for err in contenders[name]["errors"]:
+            lines.append(f"  {name} (repeat {err['repeat'] + 1}): {err['error'][:2000]}")
+    return lines
+
+
+def render(data: Mapping[str, Any]) -> str:
+    contenders = data["contenders"]
+    lines = _header(data["config"], data["machine"])
+    lines += [
         "",
         f"{'contender':<20} {'steps/s':>7}  {'vs baseline':<21} {'blocked/ckpt mean':>17} "
         f"{'max':>9} {'safe after':>10}  {'lost/failure (steps)':<20}",
     ]
-    failed = []
-    for name, entry in data["contenders"].items():
-        label = entry["label"]
-        if entry["status"] != "ok":
-            err = entry["errors"][0]["error"].splitlines()[0]
-            lines.append(f"{label:<20} FAILED: {err[:150]}")
-            failed.append(name)
-            continue
-        s = entry["summary"]
-        sps = s["steps_per_s"]["median"]
-        lost = s.get("work_lost_steps")
-        lost_txt = (
-            f"{lost['mean']:.1f} mean, {lost['worst']:.1f} worst" if lost else "all (restart at 0)"
-        )
-        b = s["blocked_s"]
-        lines.append(
-            f"{label:<20} {sps:7.3f}  {_spread(s['throughput_vs_baseline']):<21} "
-            f"{_ms(b['mean'] if b else None):>17} {_ms(b['max'] if b else None):>9} "
-            f"{_ms(_med(s, 'safe_s')):>10}  {lost_txt:<20}"
-        )
+    lines += [_overhead_row(entry) for entry in contenders.values()]
     lines += [
         "",
         f"{'contender':<20} {'recovery: trainer kill':<36} {'cold cache / node loss':<36} "
         f"{'trainer RSS':>11} {'SMP RSS':>8} {'arena/node':>10}",
     ]
-    for entry in data["contenders"].values():
-        if entry["status"] != "ok":
-            continue
-        s = entry["summary"]
-        second = _sec(s, "cold") if "cold" in s else _sec(s, "node_loss")
-        if "cold" not in s and "node_loss" not in s:
-            second = "not covered" if s["kind"] == "ecsnap" else "-"
-        if "cold" in s:
-            second = "cold: " + second
-        elif "node_loss" in s:
-            second = "node: " + second
-        lines.append(
-            f"{entry['label']:<20} {_sec(s, 'kill'):<36} {second:<36} "
-            f"{_mib(_med(s, 'trainer_max_rss_bytes')):>11} "
-            f"{_mib(_med(s, 'smp_vm_hwm_bytes')):>8} {_mib(_med(s, 'smp_arena_bytes')):>10}"
-        )
-    lines += [
-        "",
-        "blocked = time the training loop waited for a checkpoint (ecsnap: in save() plus the "
-        "optimizer fence);",
-        "safe = checkpoint start until fsynced on disk / committed by the SMPs; recovery = "
-        "relaunch until the first step",
-        "after loading is done (load = loading alone); baseline: a fresh start, nothing loaded.",
-    ]
-    if data["targets"]:
-        lines += ["", "targets:"]
-        for t in data["targets"]:
-            verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-            value = "-" if t["value"] is None else f"{t['value']:.3g}"
-            lines.append(
-                f"  {verdict:<6} {t['target']}: {value} (goal {t['goal']:g}; {t['detail']})"
-            )
-    if failed:
-        lines += ["", "failed contenders:"]
-        for name in failed:
-            for err in data["contenders"][name]["errors"]:
-                lines.append(f"  {name} (repeat {err['repeat'] + 1}): {err['error'][:2000]}")
+    lines += [_recovery_row(entry) for entry in contenders.values() if entry["status"] == "ok"]
+    lines += _LEGEND
+    lines += _target_lines(data["targets"])
+    lines += _failure_lines(contenders)
     return "\n".join(lines)
 
 

@@ -23,14 +23,16 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from ecsnap.bench.train import contenders  # noqa: E402
-from ecsnap.bench.train.workload import ModelConfig, build  # noqa: E402
+from ecsnap.bench.train.base import Checkpointer, Spec  # noqa: E402
+from ecsnap.bench.train.workload import ModelConfig, Workload, build  # noqa: E402
 
 T_IMPORTED = time.time()
 FAIL_ENV = "ECSNAP_BENCH_FAIL"  # set by the runner's hidden --inject-failure option
@@ -58,10 +60,20 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    if os.environ.get(FAIL_ENV):
-        raise RuntimeError(f"injected failure ({FAIL_ENV}={os.environ[FAIL_ENV]})")
+@dataclass
+class _Rank:
+    """This rank of the job: its contender, place in the world, device, workload, checkpointer."""
+
+    spec: Spec
+    world: int
+    rank: int
+    device: torch.device
+    w: Workload
+    ckpt: Checkpointer
+    out: Path
+
+
+def _start(args: argparse.Namespace) -> _Rank:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     spec = contenders.specs(args.interval)[args.contender]
@@ -78,79 +90,108 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = contenders.make(spec, w, rank, world, Path(args.ckpt_dir))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "rank": rank,
-        "pid": os.getpid(),
-        "t0": T0,
-        "t_imported": T_IMPORTED,
-        "t_built": time.time(),
-    }
-    if args.phase == "resume":
-        start = time.perf_counter()
-        restored = ckpt.restore()
-        result["load_s"] = time.perf_counter() - start
-        result["restored_step"] = restored
-        _sync(device)
-        result["loss"] = float(w.step()).hex()
-        _sync(device)
-        result["t_first_step"] = time.time()
-        ckpt.close()
-        (out / f"rank{rank}.resume.json").write_text(json.dumps(result))
-        # Measured; now leave without tearing down gloo (destroy_process_group can hang when a
-        # peer has already exited) or running interpreter finalizers.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    return _Rank(spec, world, rank, device, w, ckpt, out)
 
-    losses: list[str] = []
-    step_s: list[float] = []
-    step = 0
+
+def _resume(job: _Rank, result: dict[str, Any]) -> NoReturn:
+    start = time.perf_counter()
+    restored = job.ckpt.restore()
+    result["load_s"] = time.perf_counter() - start
+    result["restored_step"] = restored
+    _sync(job.device)
+    result["loss"] = float(job.w.step()).hex()
+    _sync(job.device)
+    result["t_first_step"] = time.time()
+    job.ckpt.close()
+    (job.out / f"rank{job.rank}.resume.json").write_text(json.dumps(result))
+    # Measured; now leave without tearing down gloo (destroy_process_group can hang when a
+    # peer has already exited) or running interpreter finalizers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _warmup(
+    args: argparse.Namespace, job: _Rank, losses: list[str], result: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The warm-up steps; returns their checkpoints' records."""
     for step in range(args.warmup):
-        losses.append(float(w.step()).hex())
+        losses.append(float(job.w.step()).hex())
         if step == 0:
             result["t_first_step"] = time.time()
-        ckpt.after_step()
-        ckpt.save(step)  # warm-up: every step checkpointed (allocates, warms caches)
-    ckpt.finish(args.timeout)
-    warm = [r.as_dict() for r in ckpt.records]
-    ckpt.records.clear()
-    if world > 1:
+        job.ckpt.after_step()
+        job.ckpt.save(step)  # warm-up: every step checkpointed (allocates, warms caches)
+    job.ckpt.finish(args.timeout)
+    warm = [r.as_dict() for r in job.ckpt.records]
+    job.ckpt.records.clear()
+    return warm
+
+
+def _measured_steps(
+    args: argparse.Namespace, job: _Rank, losses: list[str]
+) -> tuple[float, list[float]]:
+    """The measured steps with the contender's checkpoint policy: (loop time, time per step)."""
+    step_s: list[float] = []
+    if job.world > 1:
         dist.barrier()
-    _sync(device)
+    _sync(job.device)
     loop_start = time.perf_counter()
     for i in range(args.steps):
         step = args.warmup + i
         t = time.perf_counter()
-        losses.append(float(w.step()).hex())
-        ckpt.after_step()
-        if spec.interval and (i + 1) % spec.interval == 0:
-            ckpt.save(step)
-        _sync(device)
+        losses.append(float(job.w.step()).hex())
+        job.ckpt.after_step()
+        if job.spec.interval and (i + 1) % job.spec.interval == 0:
+            job.ckpt.save(step)
+        _sync(job.device)
         step_s.append(time.perf_counter() - t)
-    loop_s = time.perf_counter() - loop_start
+    return time.perf_counter() - loop_start, step_s
+
+
+def _train(args: argparse.Namespace, job: _Rank, result: dict[str, Any]) -> None:
+    losses: list[str] = []
+    warm = _warmup(args, job, losses, result)
+    loop_s, step_s = _measured_steps(args, job, losses)
     t = time.perf_counter()
-    ckpt.finish(args.timeout)
+    job.ckpt.finish(args.timeout)
     result["finish_s"] = time.perf_counter() - t
     # The probe step: not checkpointed; its loss lets the resume check what it restored.
-    losses.append(float(w.step()).hex())
-    ckpt.after_step()
+    losses.append(float(job.w.step()).hex())
+    job.ckpt.after_step()
     result.update(
         loop_s=loop_s,
         steps=args.steps,
         step_s=step_s,
         losses=losses,
         warmup_checkpoints=warm,
-        checkpoints=[r.as_dict() for r in ckpt.records],
+        checkpoints=[r.as_dict() for r in job.ckpt.records],
         max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         threads=torch.get_num_threads(),
     )
-    if device.type == "cuda":
-        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-    if world > 1:
+    if job.device.type == "cuda":
+        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(job.device)
+    if job.world > 1:
         dist.barrier()  # every rank is done before any dies
-    (out / f"rank{rank}.train.json").write_text(json.dumps(result))
+    (job.out / f"rank{job.rank}.train.json").write_text(json.dumps(result))
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)  # the trainer crash (no close(), no cleanup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if os.environ.get(FAIL_ENV):
+        raise RuntimeError(f"injected failure ({FAIL_ENV}={os.environ[FAIL_ENV]})")
+    job = _start(args)
+    result: dict[str, Any] = {
+        "rank": job.rank,
+        "pid": os.getpid(),
+        "t0": T0,
+        "t_imported": T_IMPORTED,
+        "t_built": time.time(),
+    }
+    if args.phase == "resume":
+        _resume(job, result)
+    _train(args, job, result)
     return 1
 
 
