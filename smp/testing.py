@@ -76,6 +76,21 @@ class LocalSMP:
                 raise TimeoutError(f"SMP did not answer within {timeout}s:\n{self.tail()}")
         return self
 
+    def memory(self) -> dict[str, int]:
+        """The running SMP's VmRSS and VmHWM (peak), in bytes; empty when it is not running."""
+        out: dict[str, int] = {}
+        if self.proc is None:
+            return out
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return out
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+        return out
+
     def tail(self, lines: int = 30) -> str:
         return tail(self.log, lines)
 

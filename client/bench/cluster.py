@@ -285,12 +285,12 @@ def run_setting(root: Path, m: int, size: int, repeats: int, limit: str) -> Figu
         for n in nodes:
             n.join(job)
         configure(nodes, m)  # the job's relaunch introduces the fresh SMP
-        assert lost.channel is not None and lost.smp is not None and lost.smp.proc is not None
-        before = _rss(lost.smp.proc.pid)["VmRSS"]
+        assert lost.channel is not None and lost.smp is not None
+        before = lost.smp.memory()["VmRSS"]
         started = time.perf_counter()
         r = lost.channel.rebuild(600.0)
         rebuild_s = time.perf_counter() - started
-        growth = _rss(lost.smp.proc.pid)["VmHWM"] - before
+        growth = lost.smp.memory()["VmHWM"] - before
         installed = size + size * m // k  # its blob and its m/k share of parity
         if not r.rebuilt or r.step != repeats:
             raise RuntimeError(f"rebuild did not restore step {repeats}: {r}")
@@ -319,16 +319,6 @@ def run_setting(root: Path, m: int, size: int, repeats: int, limit: str) -> Figu
     finally:
         for n in nodes:
             n.close()
-
-
-def _rss(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, in bytes."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def render(results: list[Figures]) -> str:

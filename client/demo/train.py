@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 import ecsnap
+from ecsnap.testing import crash
 
 
 class DataCursor:
@@ -155,12 +155,7 @@ def _train(
         # The last step must be protected: wait for a free slot rather than skip it.
         handle = snap.save(step, app_state, on_busy="wait" if step == args.steps - 1 else None)
         if step == args.die_at_step:
-            print(
-                f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
-                file=sys.stderr,
-                flush=True,
-            )
-            os.kill(os.getpid(), signal.SIGKILL)
+            crash(rank, step, save_in_flight=not handle.done())
     return handle
 
 

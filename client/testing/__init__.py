@@ -7,7 +7,7 @@ ranks, real kills, bit-for-bit comparisons.
         ref = launch_ranks(root / "ref", "ref", cluster.sockets, 1, ["--steps", "20"],
                            module="my_train")
         assert ref.wait(300) == [0, 0]
-        crash = launch_ranks(root / "run", "job", cluster.sockets, 1, ["--die-at", "10"], ...)
+        killed = launch_ranks(root / "run", "job", cluster.sockets, 1, ["--die-at", "10"], ...)
         cluster.lose(1)                       # node 1 gone with its memory, a fresh SMP in place
         again = launch_ranks(root / "run", "job", cluster.sockets, 1, ["--steps", "20"], ...)
         assert compare_runs(root / "ref", root / "run", world=2) == []
@@ -17,6 +17,7 @@ from ecsnap.testing.cluster import LocalCluster
 from ecsnap.testing.ranks import (
     RankRun,
     compare_runs,
+    crash,
     launch_ranks,
     read_losses,
     read_restore,
@@ -31,6 +32,7 @@ __all__ = [
     "LocalSMP",
     "RankRun",
     "compare_runs",
+    "crash",
     "free_port",
     "launch_ranks",
     "read_losses",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -48,6 +49,15 @@ class RankRun:
             for log in self.logs
             if log.exists()
         )
+
+
+def crash(rank: int, step: int, save_in_flight: bool) -> NoReturn:
+    """The trainer crash a test injects: one line saying whether a save was in flight (tests
+    count it), then SIGKILL (no close(), no cleanup, no atexit)."""
+    line = f"rank {rank}: SIGKILL at step {step}, save in flight: {save_in_flight}"
+    print(line, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit(137)  # not reached: SIGKILL cannot be caught
 
 
 def torchrun_env(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 import ecsnap
+from ecsnap.testing import crash
 
 WIDTHS = (12, 37, 23, 5)  # 37 and 23 split unevenly over 2 and 4 ranks (FSDP2)
 # Tensor parallel needs the sharded width divisible by the world (DTensor infers the global
@@ -177,12 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                     out / f"rank{rank}.exported.pt",
                 )
             if step == args.die_at_step:
-                print(
-                    f"rank {rank}: SIGKILL at step {step}, save in flight: {not handle.done()}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                os.kill(os.getpid(), signal.SIGKILL)
+                crash(rank, step, save_in_flight=not handle.done())
             # Every step's full state, for a bitwise comparison at any step.
             if os.environ.get("SHARDED_KEEP_STEPS"):
                 torch.save(

@@ -54,17 +54,12 @@ def _results(out: Path, world: int, phase: str) -> list[dict[str, Any]]:
 def _smp_memory(smps: list[LocalSMP]) -> list[dict[str, int]]:
     mem = []
     for s in smps:
-        entry = {"vm_hwm_bytes": 0, "vm_rss_bytes": 0, "arena_bytes": 0}
-        if s.proc is not None:
-            try:
-                for line in Path(f"/proc/{s.proc.pid}/status").read_text().splitlines():
-                    key, _, value = line.partition(":")
-                    if key in ("VmHWM", "VmRSS"):
-                        entry[f"{key[:2].lower()}_{key[2:].lower()}_bytes"] = (
-                            int(value.split()[0]) * 1024
-                        )
-            except OSError:
-                pass
+        vm = s.memory()
+        entry = {
+            "vm_hwm_bytes": vm.get("VmHWM", 0),
+            "vm_rss_bytes": vm.get("VmRSS", 0),
+            "arena_bytes": 0,
+        }
         for root, _, files in os.walk(s.store_dir):
             for name in files:
                 with contextlib.suppress(OSError):
