@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -75,6 +76,19 @@ def job_id_from(explicit: str | None, env: Mapping[str, str] | None = None) -> s
         raise ValueError(
             f"{exc} (the job_id argument, $ECSNAP_JOB or $TORCHELASTIC_RUN_ID)"
         ) from None
+
+
+def drawn_run_id(job_id: str, env: Mapping[str, str] | None = None) -> bool:
+    """The job id is a run id torchrun drew at random: `torchrun --standalone` draws a new one
+    (a UUID) at every launch, so a relaunch looks for another job's snapshots."""
+    env = os.environ if env is None else env
+    if env.get(defaults.ENV_JOB) or env.get("TORCHELASTIC_RUN_ID") != job_id:
+        return False
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        return False
+    return True
 
 
 def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> str:

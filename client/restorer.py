@@ -14,6 +14,7 @@ from typing import Any
 
 from ecsnap import topology
 from ecsnap.control import Opened
+from ecsnap.env import drawn_run_id
 from ecsnap.errors import EcsnapError, RestoreError
 from ecsnap.loader import prepare
 from ecsnap.saved import MappedSnapshot
@@ -134,8 +135,16 @@ def _fresh_start(session: Session, found: topology.Survey) -> None:
             steps,
         )
     else:
+        drawn = (
+            " Its id is a run id torchrun drew at random (`torchrun --standalone` draws a new "
+            "one at every launch, so a relaunch never finds the snapshots): pass --rdzv-id, set "
+            "$ECSNAP_JOB, or start the job with `smp launch`."
+            if drawn_run_id(session.job_id)
+            else ""
+        )
         logger.warning(
             "job %s: no SMP of the job holds a snapshot of it (a new job, or its snapshots were "
-            "forgotten or lost): starting fresh",
+            "forgotten or lost): starting fresh.%s",
             session.job_id,
+            drawn,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecsnap.env import RankEnv, job_id_from, socket_from
+from ecsnap.env import RankEnv, drawn_run_id, job_id_from, socket_from
 
 
 def test_rank_env_from_torchrun_variables() -> None:
@@ -31,3 +31,11 @@ def test_job_and_socket_precedence() -> None:
     assert socket_from(None, {"ECSNAP_SOCKET": "/s"}) == "/s"
     with pytest.raises(ValueError, match="is not valid"):
         job_id_from("../escape", {})
+
+
+def test_a_run_id_torchrun_drew_at_random_is_recognized() -> None:
+    drawn = "4f319533-aeee-422d-909d-487a0855717e"  # what `torchrun --standalone` sets
+    assert drawn_run_id(drawn, {"TORCHELASTIC_RUN_ID": drawn})
+    assert not drawn_run_id(drawn, {"TORCHELASTIC_RUN_ID": drawn, "ECSNAP_JOB": drawn})
+    assert not drawn_run_id("run42", {"TORCHELASTIC_RUN_ID": "run42"})  # --rdzv-id run42
+    assert not drawn_run_id(drawn, {})  # given explicitly
