@@ -8,6 +8,9 @@ the values of the save() call.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,6 +23,19 @@ from ecsnap.testing import LocalSMP
 pytestmark = pytest.mark.timeout(120)
 
 BIG = 16 << 20  # float32 elements: 64 MiB, so a background copy takes a while
+
+
+@contextmanager
+def copy_held(snap: ecsnap.Snapshotter) -> Iterator[None]:
+    """The background copy of the save made inside waits until the block is done, so a change
+    made there lands mid-copy. Left alone on a loaded machine the copy may finish first, and a
+    step copied before the change is rightly committed."""
+    gate = threading.Event()
+    snap._copier._executor.submit(gate.wait, 60)  # the copy thread runs one task at a time
+    try:
+        yield
+    finally:
+        gate.set()
 
 
 def restored(node: LocalSMP, job: str, like: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -85,9 +101,10 @@ def test_a_parameter_changed_by_hand_mid_copy_is_never_committed(smp_node: Local
     state, small, _ = _fenced_state()
     with ecsnap.Snapshotter(job_id="byhand", socket=smp_node.socket) as snap:
         snap.save(0, state).wait_protected(timeout=60)
-        h = snap.save(1, state)
-        with torch.no_grad():
-            small.add_(1.0)  # not through optimizer.step(): no fence waits
+        with copy_held(snap):
+            h = snap.save(1, state)
+            with torch.no_grad():
+                small.add_(1.0)  # not through optimizer.step(): no fence waits
         with pytest.raises(ecsnap.SnapshotError, match="changed in place") as info:
             h.wait_protected(timeout=60)
         message = str(info.value.__cause__ or info.value)
@@ -108,7 +125,8 @@ def test_a_buffer_changed_outside_forward_is_never_committed(smp_node: LocalSMP)
         h = snap.save(1, state)
         model(torch.randn(8, 4096))  # the forward pre-hook waits for the copy: fine
         h.wait_protected(timeout=60)
-        h = snap.save(2, state)
-        model[1].running_mean.add_(1.0)  # outside forward: nobody waits
+        with copy_held(snap):
+            h = snap.save(2, state)
+            model[1].running_mean.add_(1.0)  # outside forward: nobody waits
         with pytest.raises(ecsnap.SnapshotError, match=r"model/1\.running_mean"):
             h.wait_protected(timeout=60)
