@@ -7,6 +7,9 @@ storage (views, tied weights, one tensor under two keys) share one span, stored 
 entry says how to view it (dtype, shape, stride, offset into the span). A DTensor contributes its
 local shard and the metadata that places it (see `dtensors`).
 
+The skeleton may name only the globals restore unpickles (`safepickle`): any other is a TypeError
+at save(), not a refusal at restore after a crash.
+
 Every span is marked `background` when its storage belongs to a fenced object (see `fences`): the
 copy may then run after save() returns, because the fences hold back the operations that change
 it. Any other span is copied before save() returns, so an unfenced tensor changed right after
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecsnap import dtensors
+from ecsnap import dtensors, safepickle
 from ecsnap.fqn import ParamNames, is_ddp
 from smp._proto import snapshot_pb2
 from smp.defaults import TENSOR_ALIGN
@@ -292,9 +295,47 @@ def flatten(
         where = _first_unsavable(tree)
         raise TypeError(f"app_state entry {where}: {exc}") from exc
     head.skeleton = buf.getvalue()
+    _check_restorable(head.skeleton, tree)
     _describe_owners(app_state, head)
     spans, span_of, nbytes = layout.spans()
     return FlatState(spans, nbytes, layout.watched, tree, layout.captured, span_of, head)
+
+
+def _check_restorable(skeleton: bytes, tree: Mapping[str, tuple[str, Any]]) -> None:
+    """TypeError now, at save(), for a global restore() would refuse to unpickle (`safepickle`)."""
+    try:
+        safepickle.check(skeleton)
+    except safepickle.UnsafeGlobalError as exc:
+        if not exc.registrable:
+            raise TypeError(f"app_state cannot be saved: {exc}") from None
+        name = exc.name
+        where = _first_naming(tree, name)
+        short = name.rsplit(".", 1)[-1]
+        raise TypeError(
+            f"app_state{f' entry {where}' if where else ''} holds {name}, which restore() would "
+            "refuse to unpickle (a snapshot may name only containers, numbers, strings, torch "
+            "and NumPy values, so a forged one runs no code): if it is safe to rebuild, allow it "
+            f"with ecsnap.add_safe_globals({short}) or torch.serialization.add_safe_globals("
+            f"[{short}]) where you save and restore, or save it as plain containers"
+        ) from None
+
+
+def _first_naming(tree: Mapping[str, tuple[str, Any]], name: str) -> str:
+    """Where in the tree a value of type `name` (or `name` itself) sits, "" if not found."""
+    stack: list[tuple[str, Any]] = [(key, value) for key, (_, value) in tree.items()]
+    seen: set[int] = set()
+    while stack:
+        path, value = stack.pop()
+        if id(value) in seen:
+            continue  # a container met before (or a cycle)
+        seen.add(id(value))
+        if name in (safepickle.qualified_name(type(value)), safepickle.qualified_name(value)):
+            return path
+        if isinstance(value, Mapping):
+            stack.extend((f"{path}/{k}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((f"{path}/{i}", v) for i, v in enumerate(value))
+    return ""
 
 
 def _first_unsavable(tree: Mapping[str, tuple[str, Any]]) -> str:

@@ -1,14 +1,14 @@
 """A snapshot read back: its tensors as zero-copy views of the arena, and the saved tree.
 
-Unpickling the skeleton yields the app-state tree with a `Saved` in place of every tensor. The
-loader (`loader`) resolves each one: copied into the live tensor it replaces, or materialized as a
-fresh tensor (a DTensor again where it was one). Every bound is checked against the arena before a
+Unpickling the skeleton yields the app-state tree with a `Saved` in place of every tensor; it may
+name only the globals `safepickle` allows (a forged snapshot runs no code here). The loader
+(`loader`) resolves each one: copied into the live tensor it replaces, or materialized as a fresh
+tensor (a DTensor again where it was one). Every bound is checked against the arena before a
 view is made, so a damaged manifest is an error, never a read outside the snapshot.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ import torch
 from ecsnap.arena import MappedArena
 from ecsnap.control import Opened
 from ecsnap.flatten import FORMAT_VERSION
+from ecsnap.safepickle import SafeUnpickler
 from smp._proto import snapshot_pb2
 
 
@@ -96,9 +97,11 @@ def saved_tensors(manifest: snapshot_pb2.Manifest, arena: torch.Tensor) -> list[
     return out
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(SafeUnpickler):
+    """The skeleton's unpickler: only allowed globals (`safepickle`), tensors by manifest index."""
+
     def __init__(self, data: bytes, saved: list[Saved]) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(data)
         self._saved = saved
 
     def persistent_load(self, pid: Any) -> Any:
@@ -132,7 +135,9 @@ class MappedSnapshot:
 
 
 def unflatten(manifest: snapshot_pb2.Manifest, saved: list[Saved]) -> dict[str, tuple[str, Any]]:
-    """The saved tree: key -> ("stateful" | "plain", value), tensors as `Saved` views."""
+    """The saved tree: key -> ("stateful" | "plain", value), tensors as `Saved` views.
+    Raises `safepickle.UnsafeGlobalError` (an UnpicklingError) if the skeleton names a global
+    that is not allowed; restore reports it as a RestoreError."""
     tree = _Unpickler(manifest.skeleton, saved).load()
     if not isinstance(tree, dict):
         raise ValueError("snapshot skeleton is not an app-state dict")

@@ -11,6 +11,7 @@ import torch
 from ecsnap.errors import RestoreError
 from ecsnap.flatten import FlatState, flatten
 from ecsnap.loader import load_into
+from ecsnap.safepickle import safe_globals
 from ecsnap.saved import saved_tensors, unflatten
 from smp.defaults import TENSOR_ALIGN
 
@@ -73,7 +74,8 @@ def test_shapes_views_and_containers() -> None:
         "pair": Pair(torch.full((2,), 2.0), None),
         "number": 12,
     }
-    tree = roundtrip(state)
+    with safe_globals(Pair):  # a user type: restore unpickles it only when allowed
+        tree = roundtrip(state)
     for key in ("scalar", "empty", "transposed", "strided"):
         assert torch.equal(tree[key][1], state[key]), key
     nested = tree["nested"][1]
