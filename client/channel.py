@@ -21,6 +21,7 @@ from ecsnap.errors import (
     SnapshotError,
 )
 from smp._proto import control_pb2 as pb
+from smp.sockdir import UnsafeDirectory, check_socket_dir
 
 _ERRORS: dict[int, type[SnapshotError]] = {
     pb.MEMORY_LIMIT: MemoryLimitError,
@@ -39,16 +40,25 @@ _RESTART_CHECK_S = 0.5  # while waiting, how often to look whether the SMP was r
 
 
 class Channel:
-    def __init__(self, socket_path: str, job_id: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, job_id: str, timeout: float, job_key: bytes = b"") -> None:
         self.socket_path = socket_path
         self.job_id = job_id
+        self.job_key = job_key  # presented on every request (smp.access)
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._sock: zmq.Socket[bytes] | None = None
+        self._trusted = False  # the socket's directory and file passed check_socket_dir
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
+            if not self._trusted:  # once per channel: only its owner (or root) can change it
+                try:
+                    self._trusted = check_socket_dir(self.socket_path)
+                except UnsafeDirectory as exc:
+                    raise SMPUnavailableError(str(exc)) from None
+                if not self._trusted:
+                    self._inode()  # gone since the caller looked: raises "no SMP socket"
             sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(f"ipc://{self.socket_path}")
@@ -58,7 +68,7 @@ class Channel:
     def call(self, kind: str, body: Message, timeout: float | None = None) -> pb.Response:
         """Send one request whose body field `kind` is `body`; return the reply (its body field
         `kind` is set)."""
-        request = pb.Request(request_id=next(self._ids), job_id=self.job_id)
+        request = pb.Request(request_id=next(self._ids), job_id=self.job_id, job_key=self.job_key)
         getattr(request, kind).CopyFrom(body)
         limit = self.timeout if timeout is None else timeout
         with self._lock:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from ecsnap.channel import Channel, error_of
+from ecsnap.env import job_key_from
 from ecsnap.errors import SnapshotError
 from smp._proto import control_pb2 as pb
 
@@ -98,8 +99,11 @@ class ControlClient:
         timeout: float,
         reregister: Callable[[], None] | None = None,
         session: int = 0,
+        job_key: bytes | None = None,
     ) -> None:
-        self._channel = Channel(socket_path, job_id, timeout)
+        """`job_key`: the job's key (None: from the environment, `env.job_key_from`)."""
+        key = job_key_from(None) if job_key is None else job_key
+        self._channel = Channel(socket_path, job_id, timeout, key)
         self._reregister = reregister
         self.socket_path = socket_path
         # The registration this client's saves belong to: the SMP refuses saves of a process

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smp import defaults
-from smp.layout import Layout, LayoutError
+from smp.layout import Layout, LayoutError, check_redundancy
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -97,6 +97,37 @@ def socket_from(explicit: str | None, env: Mapping[str, str] | None = None) -> s
     return defaults.socket_from(explicit, env)
 
 
+JOB_KEY_MIN = 16
+
+
+def job_key_from(explicit: str | bytes | None, env: Mapping[str, str] | None = None) -> bytes:
+    """The job's key on its SMPs: the argument, else $ECSNAP_JOB_KEY, else the contents of
+    $ECSNAP_JOB_KEY_FILE (stripped), else none (b""). Every rank and every incarnation of a job
+    must use the same key; the first registration binds the job id to it."""
+    env = os.environ if env is None else env
+    where = "job_key"
+    key: str | bytes = b""
+    if explicit is not None:
+        key = explicit
+    elif env.get(defaults.ENV_JOB_KEY):
+        key, where = env[defaults.ENV_JOB_KEY], defaults.ENV_JOB_KEY
+    elif env.get(defaults.ENV_JOB_KEY_FILE):
+        path = env[defaults.ENV_JOB_KEY_FILE]
+        where = f"{defaults.ENV_JOB_KEY_FILE}={path}"
+        try:
+            with open(path, "rb") as f:
+                key = f.read().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the job key file {path}: {exc.strerror}") from None
+    raw = key.encode() if isinstance(key, str) else bytes(key)
+    if raw and len(raw) < JOB_KEY_MIN:
+        raise ValueError(
+            f"the job key ({where}) has {len(raw)} bytes; use at least {JOB_KEY_MIN}, e.g. "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return raw
+
+
 def layout_from(
     num_nodes: int,
     group_size: int | None,
@@ -115,6 +146,7 @@ def layout_from(
     m = parity if parity is not None else _int(env, defaults.ENV_PARITY, defaults.DEFAULT_PARITY)
     where = placement or env.get(defaults.ENV_PLACEMENT) or "consecutive"
     try:
+        check_redundancy(g, m)  # refused here, on every node count, not at the first save
         return Layout.for_job(num_nodes, g, m, where)
     except LayoutError as exc:
         raise ValueError(f"invalid ecsnap redundancy settings: {exc}") from None

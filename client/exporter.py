@@ -120,7 +120,7 @@ class Exports:
         if self._group is None and dist.is_available() and dist.is_initialized():
             self._group = dist.new_group(backend="gloo")
         if self._client is None:
-            self._client = ControlClient(s.socket, s.job_id, s.timeout)
+            self._client = ControlClient(s.socket, s.job_id, s.timeout, job_key=s.job_key)
         steps = agreed_steps(s)
         if step is not None:
             steps = [x for x in steps if x == step]

@@ -58,16 +58,22 @@ class Session:
         process_group: Any,
         env: RankEnv,
         layout: Layout,
+        job_key: bytes = b"",
     ) -> None:
         self.job_id = job_id
+        self.job_key = job_key
         self.socket = socket
         self.timeout = timeout
         self.env = env
         self.layout = layout
         self._pg = process_group
-        self.client = ControlClient(socket, job_id, timeout, reregister=self._reregister)
+        self.client = ControlClient(
+            socket, job_id, timeout, reregister=self._reregister, job_key=job_key
+        )
         # The copy thread's own socket, on the same registration.
-        self.worker = ControlClient(socket, job_id, timeout, session=self.client.session)
+        self.worker = ControlClient(
+            socket, job_id, timeout, session=self.client.session, job_key=job_key
+        )
         self.info: SMPInfo | None = None
         self.group: JobGroup | None = None
         self._introduction: dict[str, Any] | None = None  # what the SMP was told of the job

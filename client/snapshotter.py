@@ -18,7 +18,7 @@ from ecsnap import exporter, restorer
 from ecsnap.arena import MappedArena
 from ecsnap.control import Grant, RebuildInfo, SMPInfo
 from ecsnap.copier import Copier
-from ecsnap.env import RankEnv, job_id_from, layout_from, socket_from
+from ecsnap.env import RankEnv, job_id_from, job_key_from, layout_from, socket_from
 from ecsnap.errors import EcsnapError, SnapshotError
 from ecsnap.fences import fenced_storages, owners
 from ecsnap.flatten import flatten
@@ -47,6 +47,9 @@ class Snapshotter:
       by the node count), $ECSNAP_PARITY (1), $ECSNAP_PLACEMENT ("consecutive" or "strided").
     on_busy: what save() does while the previous step is not yet committed on every node:
       "skip" (default: the step is not snapshotted; training goes on) or "wait".
+    job_key: the job's key on its SMPs (at least 16 bytes; every rank and every relaunch of the
+      job must give the same); default $ECSNAP_JOB_KEY, else the file $ECSNAP_JOB_KEY_FILE, else
+      none. The first registration binds the job id to it: other jobs cannot read or change it.
     """
 
     ON_BUSY = ON_BUSY
@@ -63,6 +66,7 @@ class Snapshotter:
         parity: int | None = None,
         placement: str | None = None,
         on_busy: str = "skip",
+        job_key: str | bytes | None = None,
     ) -> None:
         self.on_busy = _check_on_busy(on_busy)
         self.job_id = job_id_from(job_id)
@@ -71,7 +75,10 @@ class Snapshotter:
         self.verify = verify
         env = current_env()
         self.layout: Layout = layout_from(env.num_nodes, group_size, parity, placement)
-        self._session = Session(self.job_id, self.socket, timeout, process_group, env, self.layout)
+        key = job_key_from(job_key)
+        self._session = Session(
+            self.job_id, self.socket, timeout, process_group, env, self.layout, key
+        )
         self._copier = Copier(self._session.worker, env.rank)
         self._exports = exporter.Exports(self._session)
         self._arenas: dict[int, MappedArena] = {}

@@ -31,6 +31,8 @@ class Readopted:
 def readopt(store: Store, local: LocalSnapshots, crossnode: CrossNode) -> Readopted:
     found = store.adopt_all()
     out = Readopted()
+    for job_id, digest in found.keys.items():
+        local.adopt_key(job_id, digest)
     # Slots first: whether a job's committed step is still protected here depends on them.
     out.snapshots = sum(local.adopt_slot(item) for item in found.slots)
     cells: dict[str, list[AdoptedCell]] = {}

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from smp import __version__
-from smp.config import ENV_SMP_TLS, SETTINGS, ServeConfig, format_size
+from smp.config import ENV_SMP_TLS, SETTING, SETTINGS, ServeConfig, format_size
 from smp.defaults import socket_from
 from smp.errors import ConfigError, SmpError
 from smp.tls import PeerTls
@@ -28,6 +28,15 @@ def _settings_arguments(
     """Flags of the daemon's settings (all of them, or those named), from the one schema."""
     for setting in SETTINGS:
         if names is not None and setting.name not in names:
+            continue
+        if setting.kind == "bool":
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="true",
+                help=f"{setting.help} (env {setting.env}=1)",
+            )
             continue
         parser.add_argument(
             setting.flag,
@@ -50,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--socket", default=None, help="control socket of the SMP")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
-    _settings_arguments(status, ENV_SMP_TLS)
+    _settings_arguments(status, {*ENV_SMP_TLS, "admin_token_file"})
 
     # `smp launch` parses its own arguments (the rest is torchrun's command line): see main().
     sub.add_parser(
@@ -68,13 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("job", help="the job id (`smp status` lists them)")
     forget.add_argument("--socket", default=None, help="control socket of the SMP")
     forget.add_argument("--timeout", type=float, default=30.0)
+    _settings_arguments(forget, {"admin_token_file"})
 
     bench = sub.add_parser("bench", help="benchmarks of the daemon (the others: `ecsnap bench`)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from smp.codec import bench as codec_bench
 
     codec_bench.add_arguments(bench_sub.add_parser("codec", help="erasure codec throughput"))
+    fuzz = bench_sub.add_parser(
+        "fuzz",
+        help="fuzz a live SMP's control socket and peer port beside a real job (needs hypothesis)",
+    )
+    fuzz.add_argument("--cases", type=int, default=10_000, help="cases (half control, half peer)")
+    fuzz.add_argument("--seed", type=int, default=1)
+    fuzz.add_argument("--json", default=None, help="also write the report to this file")
     return parser
+
+
+def _bench_fuzz(args: argparse.Namespace) -> int:
+    try:
+        from smp import fuzzrun
+    except ImportError as exc:
+        print(
+            f"smp bench fuzz needs hypothesis ({exc}): pip install 'ecsnap[dev]'", file=sys.stderr
+        )
+        return 2
+    return fuzzrun.run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -100,12 +128,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_file(args: argparse.Namespace) -> str | None:
+    """--admin-token-file, else $SMP_ADMIN_TOKEN_FILE, else None (the default beside the socket)."""
+    return args.admin_token_file or os.environ.get(SETTING["admin_token_file"].env) or None
+
+
 def _status(args: argparse.Namespace) -> int:
     from smp import report
 
     path = socket_from(args.socket)
     try:
-        status = report.fetch_status(path, args.timeout)
+        status = report.fetch_status(path, args.timeout, _token_file(args))
     except report.NotAnswering as exc:
         print(f"smp status: {exc}", file=sys.stderr)
         return 2
@@ -133,7 +166,7 @@ def _forget(args: argparse.Namespace) -> int:
 
     path = socket_from(args.socket)
     try:
-        freed = report.forget(path, args.job, args.timeout)
+        freed = report.forget(path, args.job, args.timeout, _token_file(args))
     except report.NotAnswering as exc:
         print(f"smp forget: {exc}", file=sys.stderr)
         return 2
@@ -174,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return launch.stop(socket_from(args.socket), args.timeout)
         if args.command == "forget":
             return _forget(args)
+        if args.bench == "fuzz":
+            return _bench_fuzz(args)
         from smp.codec import bench as codec_bench
 
         return int(codec_bench.run(args))

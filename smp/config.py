@@ -35,7 +35,7 @@ class Setting:
     name: str
     env: str
     help: str
-    kind: str = "str"  # "str", "int", "size" (8G), "seconds"
+    kind: str = "str"  # "str", "int", "size" (8G), "seconds", "bool" (a flag without a value)
     choices: tuple[str, ...] | None = None
     launch: str | None = None
 
@@ -123,6 +123,32 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds",
         launch="--job-ttl",
     ),
+    Setting(
+        "require_job_key",
+        "SMP_REQUIRE_JOB_KEY",
+        "refuse jobs that register without a job key (ECSNAP_JOB_KEY): for an SMP "
+        "shared by several jobs (default: keyless jobs are accepted, with a warning)",
+        "bool",
+    ),
+    Setting(
+        "admin_token_file",
+        "SMP_ADMIN_TOKEN_FILE",
+        "where the SMP writes its admin token (owner-only), which `smp status` and `smp "
+        "forget` present to see and act for every job (default: <socket>.admin; put it outside "
+        "any directory trainers of other jobs can read)",
+    ),
+    Setting(
+        "peer_idle_timeout",
+        "SMP_PEER_IDLE_TIMEOUT",
+        "cut a peer stream that moves no message for this many seconds (default 30)",
+        "seconds",
+    ),
+    Setting(
+        "peer_calls_per_client",
+        "SMP_PEER_CALLS_PER_CLIENT",
+        "most peer calls served at once for one client address (default 64)",
+        "int",
+    ),
 )
 SETTING = {s.name: s for s in SETTINGS}
 ENV_SMP_CONFIG = SETTING["config"].env
@@ -167,6 +193,10 @@ class ServeConfig:
     tls_key: str = ""
     tls_ca: str = ""
     job_ttl: float | None = None  # seconds without a request after which a job is forgotten
+    require_job_key: bool = False
+    admin_token_file: str = ""  # "": <socket>.admin
+    peer_idle_timeout: float = 30.0
+    peer_calls_per_client: int = 64
 
     def __post_init__(self) -> None:
         if self.job_ttl is not None and self.job_ttl <= 0:
@@ -190,8 +220,21 @@ class ServeConfig:
             raise ConfigError(
                 f"--log-level {self.log_level!r} is unknown; use one of {', '.join(_LOG_LEVELS)}"
             )
+        if self.peer_idle_timeout <= 0:
+            raise ConfigError(
+                f"--peer-idle-timeout must be a positive number of seconds, "
+                f"got {self.peer_idle_timeout}"
+            )
+        if self.peer_calls_per_client < 1:
+            raise ConfigError(
+                f"--peer-calls-per-client must be at least 1, got {self.peer_calls_per_client}"
+            )
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format {self.log_format!r} is unknown; use text or json")
+
+    @property
+    def admin_token_path(self) -> Path:
+        return Path(self.admin_token_file or f"{self.socket}.admin")
 
     @property
     def metrics_bind(self) -> str:
@@ -269,9 +312,12 @@ def _typed(values: dict[str, object]) -> dict[str, Any]:
     """Turn strings from files, the environment and flags into the dataclass's field types."""
     out: dict[str, Any] = {}
     for key, value in values.items():
+        kind = SETTING[key].kind
+        if kind == "bool":
+            out[key] = _flag(key, value)
+            continue
         if isinstance(value, bool):
             raise ConfigError(f"{key} cannot be {value!r}")
-        kind = SETTING[key].kind
         try:
             if kind == "int":
                 out[key] = int(str(value))
@@ -284,3 +330,15 @@ def _typed(values: dict[str, object]) -> dict[str, Any]:
         except ValueError:
             raise ConfigError(f"{key} {value!r} is not a number") from None
     return out
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{key} {value!r} is not a yes/no value: use true or false")

@@ -26,7 +26,9 @@ from smp._proto import control_pb2 as pb
 from smp.crossnode.coordinator import CrossNode
 from smp.errors import BadRequest, SmpError
 from smp.handlers import ControlHandlers, Deferred, Status, set_error
+from smp.logs import LogThrottle
 from smp.service import SnapshotService
+from smp.sockdir import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +58,14 @@ class ControlServer:
         self._router: zmq.Socket[bytes] | None = None
         self._wake_pull: zmq.Socket[bytes] | None = None
         self._wake_push: zmq.Socket[bytes] | None = None
+        self._refusals = LogThrottle(logger, 60.0)
         self._handlers = ControlHandlers(
             service, crossnode, status, registration, executor, self._after
         ).table()
 
     def start(self) -> None:
         path = Path(self.socket_path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)  # 0700 if new; refused if another user could write it
         path.unlink(missing_ok=True)  # the caller made sure no live SMP owns it
         old_umask = os.umask(0o177)  # the socket is created owner-only
         try:
@@ -189,11 +192,13 @@ class ControlServer:
                 return
         except SmpError as exc:
             set_error(response.error, exc)
-            logger.info(
-                "request %s from %s refused: %s",
-                request.WhichOneof("body"),
-                request.job_id or "?",
-                exc,
+            kind = request.WhichOneof("body")
+            # One line per job and kind of refusal per minute: a flood is not a flood of lines.
+            self._refusals.warn(
+                f"job {request.job_id or '?'}",
+                f"{kind}:{exc.code}",
+                f"request {kind} refused: {exc}",
+                logging.INFO,
             )
         except Exception as exc:
             logger.exception("request %s failed", request.WhichOneof("body"))

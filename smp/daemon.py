@@ -14,9 +14,11 @@ import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-from smp import __version__, codec, report
+from smp import __version__, codec, report, sockdir
 from smp._proto import control_pb2 as pb
+from smp.access import Access, admin_token
 from smp.adoption import readopt
 from smp.config import ServeConfig, format_size
 from smp.control import ControlServer
@@ -26,7 +28,9 @@ from smp.jobs import EventSink, JobTable, ignore_events
 from smp.local import LocalSnapshots
 from smp.metrics import Metrics
 from smp.peer import PeerServer, PeerServicer
+from smp.peerguard import PeerLimits
 from smp.service import SnapshotService
+from smp.sockdir import ensure_private_dir
 from smp.store import Store
 from smp.tls import PeerTls
 
@@ -51,9 +55,10 @@ def assemble(
     tls: PeerTls | None = None,
     events: EventSink = ignore_events,
     rpc_timeout: float = 60.0,
+    access: Access | None = None,
 ) -> Parts:
     table = JobTable(events)
-    service = SnapshotService(table, store, executor)
+    service = SnapshotService(table, store, executor, access)
     local = LocalSnapshots(table, store)
     crossnode = CrossNode(local, codec_engine, rpc_timeout=rpc_timeout, tls=tls)
     service.set_listener(crossnode)  # the one wire from the local side to the other
@@ -78,6 +83,9 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.config
+        # Before anything is read or written there: the directories must be ours alone.
+        ensure_private_dir(Path(cfg.socket).parent)
+        ensure_private_dir(cfg.admin_token_path.parent, what=sockdir.ADMIN)
         if report.served(cfg.socket) is not None:
             raise ConfigError(
                 f"another SMP is already serving {cfg.socket}: stop it first "
@@ -90,10 +98,16 @@ class Daemon:
         self.engine = codec.describe_engine(cfg.codec)
         self.store = Store(cfg.store_dir, cfg.memory_limit)
         tls = PeerTls.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-        parts = assemble(self.store, self._executor, cfg.codec, tls, self.metrics.observe)
+        access = Access(admin_token(cfg.admin_token_path), cfg.require_job_key)
+        parts = assemble(
+            self.store, self._executor, cfg.codec, tls, self.metrics.observe, access=access
+        )
         service, self.crossnode = parts.service, parts.crossnode
         readopt(self.store, parts.local, self.crossnode)
-        servicer = PeerServicer(self.crossnode, self.node_id, self.engine)
+        limits = PeerLimits(
+            idle_s=cfg.peer_idle_timeout, calls_per_client=cfg.peer_calls_per_client
+        )
+        servicer = PeerServicer(self.crossnode, self.node_id, self.engine, limits)
         self.peer = self._bind_peer(servicer, tls)
         self.control = ControlServer(
             service, self.crossnode, cfg.socket, self.status, self.registration, self._slow

@@ -16,6 +16,8 @@ ENV_JOB = "ECSNAP_JOB"
 ENV_GROUP_SIZE = "ECSNAP_GROUP_SIZE"
 ENV_PARITY = "ECSNAP_PARITY"
 ENV_PLACEMENT = "ECSNAP_PLACEMENT"
+ENV_JOB_KEY = "ECSNAP_JOB_KEY"  # the job's key on the control socket (smp.access)
+ENV_JOB_KEY_FILE = "ECSNAP_JOB_KEY_FILE"  # or a file holding it
 DEFAULT_GROUP_SIZE = 4
 DEFAULT_PARITY = 1
 
@@ -67,8 +69,10 @@ def default_store_dir() -> str:
     return f"{base}/ecsnap-{os.getuid()}"
 
 
-# Peer service (gRPC between SMPs): the metadata key carrying the job's secret, the message size
-# limit, and the size of the pieces big transfers are streamed in.
+# Peer service (gRPC between SMPs): the metadata keys carrying the job id and the job's secret
+# (checked before any message of a call is read), the message size limit, and the size of the
+# pieces big transfers are streamed in.
+PEER_JOB_KEY = "x-ecsnap-job"
 PEER_TOKEN_KEY = "x-ecsnap-token"
 PEER_MAX_MESSAGE = 8 << 20
 PEER_PIECE = 1 << 20

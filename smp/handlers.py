@@ -45,16 +45,15 @@ class ControlHandlers:
         self._after = after  # run a callback later, on the thread the handlers run on
 
     def table(self) -> dict[str, Handler]:
-        """The explicit dispatch table: request body field -> handler."""
-        return {
-            "register": self._on_register,
+        """The explicit dispatch table: request body field -> handler, each behind the job's
+        access check (`smp.access`; registrations and status check for themselves)."""
+        handlers: dict[str, Handler] = {
             "begin_save": self._on_begin_save,
             "commit_save": self._on_commit_save,
             "abort_save": self._on_abort_save,
             "list_steps": self._on_list_steps,
             "open_snapshot": self._on_open_snapshot,
             "wait_committed": self._on_wait_committed,
-            "status": self._on_status,
             "configure": self._on_configure,
             "save_ready": self._on_save_ready,
             "rebuild": self._on_rebuild,
@@ -64,6 +63,17 @@ class ControlHandlers:
             "stage": self._on_stage,
             "retain": self._on_retain,
         }
+        return {kind: self._admitted(fn) for kind, fn in handlers.items()} | {
+            "register": self._on_register,
+            "status": self._on_status,
+        }
+
+    def _admitted(self, handler: Handler) -> Handler:
+        def run(req: pb.Request, resp: pb.Response) -> Deferred | None:
+            self._service.admit(req.job_id, req.job_key, req.admin_token)
+            return handler(req, resp)
+
+        return run
 
     def _on_register(self, req: pb.Request, resp: pb.Response) -> None:
         r = req.register
@@ -79,6 +89,7 @@ class ControlHandlers:
                 r.pid,
                 r.session,
             ),
+            req.job_key,
         )
         resp.register.CopyFrom(self._registration())  # static: its cost does not grow with jobs
 
@@ -216,7 +227,18 @@ class ControlHandlers:
         resp.retain.SetInParent()
 
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
+        """Every job for the admin token; else only the caller's own job (if it proves it)."""
         resp.status.CopyFrom(self._status())
+        if self._service.access.is_admin(req.admin_token):
+            return
+        try:
+            self._service.admit(req.job_id, req.job_key, b"")
+            mine = [j for j in resp.status.jobs if j.job_id == req.job_id]
+        except SmpError:
+            mine = []
+        del resp.status.jobs[:]
+        resp.status.jobs.extend(mine)
+        resp.status.jobs_hidden = True
 
 
 def set_error(error: pb.Error, exc: SmpError) -> None:

@@ -19,6 +19,8 @@ SLOTS_PER_RANK = 2
 MAX_MANIFEST = 64 << 20
 MAX_SNAPSHOT = 1 << 48
 ABORTS_KEPT = 16
+MAX_JOBS = 1024  # jobs one SMP keeps: a registration beyond is refused (BUSY)
+MAX_WAITERS = 4096  # pending commit waits per job (a job waits with one per rank)
 
 
 class SlotState(enum.IntEnum):
@@ -109,6 +111,7 @@ class Job:
     # Ranks held here that are not this node's any more (the job was renumbered or resharded):
     # kept until the job's next commit, never part of this node's blob or its commits.
     foreign: set[int] = field(default_factory=set)
+    key: bytes | None = None  # the job key's digest it is bound to (smp.access); None: unbound
 
     def live_ranks(self) -> list[RankState]:
         return [self.ranks[r] for r in sorted(self.ranks) if r not in self.foreign]

@@ -13,6 +13,7 @@ torchrun's command line. None of their names collides with a torchrun option.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -26,8 +27,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from stat import S_ISREG, filemode
 
-from smp import defaults, report
+from smp import defaults, report, sockdir
 from smp._proto import control_pb2 as pb
 from smp.config import SETTINGS
 from smp.errors import ConfigError
@@ -53,10 +55,11 @@ _TORCHRUN_FLAGS = {
 _JOB_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 # Starts the SMP in a new session and exits at once, so the SMP is nobody's child (init, or the
-# nearest subreaper, reaps it): the trainer, torchrun and this launcher may all go away.
+# nearest subreaper, reaps it): the trainer, torchrun and this launcher may all go away. The log
+# is the file descriptor argv[1], opened (and checked) by the launcher.
 _DETACH = (
     "import subprocess, sys\n"
-    "log = open(sys.argv[1], 'ab')\n"
+    "log = int(sys.argv[1])\n"
     "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, "
     "stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
     "print(p.pid)\n"
@@ -216,29 +219,61 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def open_private(path: Path, what: str) -> int:
+    """A descriptor for appending to `path` (created 0600), which must be a regular file of this
+    user: never through a symlink (O_NOFOLLOW), never a FIFO or device."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LaunchError(
+                f"the {what} {path} is a symlink (to {os.readlink(path)}): refusing to write "
+                "through it; remove it (someone may have planted it to make this launch "
+                "overwrite another file)"
+            ) from None
+        raise LaunchError(f"cannot open the {what} {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise LaunchError(
+            f"the {what} {path} is not a regular file of this user ({filemode(st.st_mode)}, "
+            f"owner uid {st.st_uid}): remove it"
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
 def ensure_smp(
     socket: str, serve_args: Sequence[str], log: Path, timeout_s: float
 ) -> tuple[pb.StatusResponse, bool]:
     """The status of the SMP serving `socket`, starting one if none answers; (status, started).
 
-    A lock file beside the socket makes concurrent launches on one node start one SMP only.
+    A lock file beside the socket makes concurrent launches on one node start one SMP only. The
+    socket's directory (which holds the lock) and the log's are checked first
+    (`sockdir.ensure_private_dir`): only this user may be able to write them.
     """
-    run_dir = Path(socket).parent
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(f"{socket}.lock", "a") as lock:
+    sockdir.ensure_private_dir(Path(socket).parent)
+    sockdir.ensure_private_dir(log.parent, what=sockdir.LOG)
+    lock = open_private(Path(f"{socket}.lock"), "lock file")
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = report.served(socket, 1.0)
         if status is not None:
             return status, False
         cmd = [sys.executable, "-m", "smp", "serve", "--socket", socket, *serve_args]
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(log), *cmd],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        log_fd = open_private(log, "SMP log")
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _DETACH, str(log_fd), *cmd],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                pass_fds=(log_fd,),
+            )
+        finally:
+            os.close(log_fd)
         if out.returncode != 0 or not out.stdout.strip().isdigit():
             raise LaunchError(f"could not start the SMP ({shlex.join(cmd)}): {out.stderr.strip()}")
         pid = int(out.stdout)
@@ -258,6 +293,8 @@ def ensure_smp(
                     f"log {log}:\n{tail(log)}"
                 )
             time.sleep(0.1)
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:

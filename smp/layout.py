@@ -19,6 +19,8 @@ from functools import cached_property
 
 PLACEMENTS = ("consecutive", "strided")
 CHUNK_ALIGN = 64
+MAX_GROUP = 255  # nodes per group: a GF(2^8) Reed-Solomon code word has at most 255 symbols
+MAX_NODES = 1 << 16  # nodes per job (a bound, so a request cannot make the layout unbounded)
 
 
 class LayoutError(ValueError):
@@ -76,6 +78,20 @@ class Group:
         return self.holders(stripe)[index - self.k]
 
 
+def check_redundancy(group_size: int, parity: int) -> None:
+    """Settings as a user gives them, whatever the node count: raises LayoutError."""
+    if not 2 <= group_size <= MAX_GROUP:
+        raise LayoutError(
+            f"group size {group_size} is out of range: a group has 2 to {MAX_GROUP} nodes "
+            "(ECSNAP_GROUP_SIZE)"
+        )
+    if not 1 <= parity < group_size:
+        raise LayoutError(
+            f"parity {parity} must be at least 1 and below the group size {group_size} "
+            "(ECSNAP_PARITY, ECSNAP_GROUP_SIZE)"
+        )
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -100,32 +116,33 @@ class Layout:
     placement: str = "consecutive"
 
     def __post_init__(self) -> None:
-        if self.num_nodes < 1:
-            raise LayoutError(f"a job has at least one node, got {self.num_nodes}")
+        if not 1 <= self.num_nodes <= MAX_NODES:
+            raise LayoutError(f"a job has 1 to {MAX_NODES} nodes, got {self.num_nodes}")
         if self.placement not in PLACEMENTS:
             raise LayoutError(
                 f"placement {self.placement!r} is unknown: use {' or '.join(PLACEMENTS)}"
             )
         if self.num_nodes == 1:
             return  # no parity: nothing else to check
-        if self.group_size < 2:
-            raise LayoutError(
-                f"group size {self.group_size} is too small: a group needs at "
-                "least 2 nodes (ECSNAP_GROUP_SIZE)"
-            )
-        if not 1 <= self.parity < self.group_size:
-            raise LayoutError(
-                f"parity {self.parity} must be at least 1 and below the group size "
-                f"{self.group_size} (ECSNAP_PARITY, ECSNAP_GROUP_SIZE)"
-            )
+        check_redundancy(self.group_size, self.parity)
         if self.group_size > self.num_nodes:
             raise LayoutError(f"group size {self.group_size} exceeds the {self.num_nodes} nodes")
+        count = self.num_nodes // self.group_size
+        largest = self.group_size + _ceil_div(self.num_nodes - count * self.group_size, count)
+        if largest > MAX_GROUP:
+            raise LayoutError(
+                f"{self.num_nodes} nodes in groups of {self.group_size}: the nodes left over "
+                f"make a group of {largest}, above the {MAX_GROUP} a Reed-Solomon code allows; "
+                "choose a group size that divides the node count (ECSNAP_GROUP_SIZE)"
+            )
 
     @classmethod
     def for_job(
         cls, num_nodes: int, group_size: int, parity: int, placement: str = "consecutive"
     ) -> Layout:
         """Settings as a user gives them: the group size is capped by the node count."""
+        if num_nodes > 1:
+            check_redundancy(group_size, parity)
         return cls(num_nodes, min(group_size, num_nodes), parity, placement)
 
     @property

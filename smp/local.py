@@ -218,6 +218,11 @@ class LocalSnapshots:
 
     # -- adoption -------------------------------------------------------------------------------
 
+    def adopt_key(self, job_id: str, digest: bytes) -> None:
+        """The job key an earlier daemon bound the job to (smp.access)."""
+        with self._lock:
+            self._jobs.setdefault(job_id, Job(job_id)).key = digest
+
     def adopt_slot(self, item: AdoptedSlot) -> bool:
         """Take over an arena of an earlier daemon; True if it held a complete snapshot."""
         if item.slot >= SLOTS_PER_RANK:

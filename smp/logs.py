@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,3 +65,26 @@ def tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class LogThrottle:
+    """At most one log line per (client, kind) per interval; the suppressed count is reported."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float, keys: int = 1024) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._keys = keys
+        self._seen: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
+
+    def warn(self, client: str, kind: str, message: str, level: int = logging.WARNING) -> None:
+        now = time.monotonic()
+        key = (client, kind)
+        last, suppressed = self._seen.pop(key, (-self._interval, 0))
+        if now - last < self._interval:
+            self._seen[key] = (last, suppressed + 1)
+            return
+        self._seen[key] = (now, 0)
+        while len(self._seen) > self._keys:  # a bounded table, however many clients come
+            self._seen.popitem(last=False)
+        more = f" ({suppressed} more like it not logged)" if suppressed else ""
+        self._logger.log(level, "%s: %s%s", client, message, more)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import grpc
 import zmq
@@ -15,7 +16,9 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import control_pb2 as pb
+from smp.access import read_admin_token
 from smp.config import format_size
+from smp.sockdir import check_socket_dir
 from smp.tls import PeerTls, open_channel
 
 
@@ -23,8 +26,19 @@ class NotAnswering(Exception):
     """The SMP did not answer on its socket."""
 
 
-def _ask(socket_path: str, request: pb.Request, timeout_s: float) -> pb.Response:
-    """One request on a fresh socket (the daemon's own commands; trainers use ecsnap's client)."""
+def _ask(
+    socket_path: str, request: pb.Request, timeout_s: float, token_file: str | None = None
+) -> pb.Response:
+    """One request on a fresh socket (the daemon's own commands; trainers use ecsnap's client),
+    as the SMP's owner (its admin token) when `token_file` is given and readable."""
+    # UnsafeDirectory (a ConfigError) if another user controls it; never connect unchecked.
+    if not check_socket_dir(socket_path):
+        raise NotAnswering(
+            f"no SMP answered on {socket_path}: there is no socket there; is `smp serve` running "
+            "with this --socket (or $SMP_SOCKET / $ECSNAP_SOCKET)?"
+        )
+    if token_file is not None:
+        request.admin_token = read_admin_token(Path(token_file or f"{socket_path}.admin"))
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -44,12 +58,19 @@ def _ask(socket_path: str, request: pb.Request, timeout_s: float) -> pb.Response
         sock.close(linger=0)
 
 
-def fetch_status(socket_path: str, timeout_s: float = 3.0) -> pb.StatusResponse:
-    return _ask(socket_path, pb.Request(request_id=1, status=pb.StatusRequest()), timeout_s).status
+def fetch_status(
+    socket_path: str, timeout_s: float = 3.0, token_file: str | None = None
+) -> pb.StatusResponse:
+    """The SMP's status: every job when this process may read the SMP's admin token
+    (`token_file`, default beside the socket), else the SMP's own state only (`smp.access`)."""
+    request = pb.Request(request_id=1, status=pb.StatusRequest())
+    return _ask(socket_path, request, timeout_s, token_file or "").status
 
 
 def served(socket_path: str, timeout_s: float = 0.5) -> pb.StatusResponse | None:
-    """The status of the SMP serving `socket_path`, or None when none answers (liveness)."""
+    """The status of the SMP serving `socket_path`, or None when none answers (liveness).
+    Raises UnsafeDirectory when the socket's directory exists but another user controls it."""
+    check_socket_dir(socket_path)
     if not os.path.exists(socket_path):
         return None
     try:
@@ -58,10 +79,12 @@ def served(socket_path: str, timeout_s: float = 0.5) -> pb.StatusResponse | None
         return None
 
 
-def forget(socket_path: str, job_id: str, timeout_s: float = 30.0) -> int:
-    """Ask the SMP to forget a job; the bytes it freed."""
+def forget(
+    socket_path: str, job_id: str, timeout_s: float = 30.0, token_file: str | None = None
+) -> int:
+    """Ask the SMP to forget a job (as its owner: the admin token); the bytes it freed."""
     request = pb.Request(request_id=1, job_id=job_id, forget=pb.ForgetRequest())
-    return int(_ask(socket_path, request, timeout_s).forget.freed_bytes)
+    return int(_ask(socket_path, request, timeout_s, token_file or "").forget.freed_bytes)
 
 
 SERVING = "SERVING"
@@ -134,9 +157,14 @@ def render(status: pb.StatusResponse, health: str | None = None) -> str:
         f" limit",
         f"  codec     {status.codec_engine}",
     ]
+    if status.jobs_hidden:
+        lines.append(
+            "  jobs      not shown: the SMP's admin token (--admin-token-file, readable by the "
+            "SMP's owner) lists them"
+        )
     if not status.jobs:
-        lines.append("  no jobs")
-        return "\n".join(lines)
+        lines.append("  no jobs" if not status.jobs_hidden else "")
+        return "\n".join(lines).rstrip()
     lines.append("")
     header = f"  {'JOB':<24} {'RANKS':>9} {'NODES':>5} {'COMMITTED':>9} {'AGE':>6} {'MEMORY':>11}"
     lines.append(header)

@@ -15,18 +15,22 @@ from concurrent.futures import Executor, Future
 from typing import Protocol
 
 from smp import checksum, commits, slots
+from smp.access import Access
 from smp.config import format_size
 from smp.defaults import InvalidJobId, check_job_id
 from smp.errors import (
     Aborted,
     BadRequest,
+    Busy,
     Internal,
     NotFound,
     SmpError,
 )
 from smp.jobs import (
+    MAX_JOBS,
     MAX_MANIFEST,
     MAX_SNAPSHOT,
+    MAX_WAITERS,
     CommitState,
     Job,
     JobTable,
@@ -59,9 +63,12 @@ def valid_job_id(job_id: str) -> str:
 
 
 class SnapshotService(SnapshotReads):
-    def __init__(self, table: JobTable, store: Store, executor: Executor) -> None:
+    def __init__(
+        self, table: JobTable, store: Store, executor: Executor, access: Access | None = None
+    ) -> None:
         super().__init__(table, store, executor)
         self._listener: SnapshotListener | None = None
+        self.access = access or Access(b"", require_key=False)
 
     def set_listener(self, listener: SnapshotListener) -> None:
         """Wired once by the daemon: the cross-node coordinator of a multi-node SMP."""
@@ -72,11 +79,34 @@ class SnapshotService(SnapshotReads):
 
     # -- registration -------------------------------------------------------------------------
 
-    def register(self, job_id: str, info: RankInfo) -> None:
+    def admit(self, job_id: str, key: bytes, admin: bytes) -> None:
+        """May a request presenting `key` (and `admin`) act for the job? (Registrations are
+        checked by `register`.) Raises NOT_REGISTERED, the same for an absent job."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            self.access.check(job_id, key, admin, job.key if job is not None else None)
+
+    def register(self, job_id: str, info: RankInfo, key: bytes = b"") -> None:
         valid_job_id(job_id)
         slots.check_rank_info(info)
         with self._lock:
+            known = self._jobs.get(job_id)
+            digest = self.access.registering(job_id, key, known.key if known else None)
+            if known is None and len(self._jobs) >= MAX_JOBS:
+                raise Busy(
+                    f"this SMP holds {len(self._jobs)} jobs, the most it keeps: forget finished "
+                    "ones (`smp forget JOB`, or --job-ttl) before starting another"
+                )
             job = self._jobs.setdefault(job_id, Job(job_id))
+            if job.key is None:
+                job.key = digest
+                self.store.write_job_key(job_id, digest)
+                if not digest:
+                    logger.warning(
+                        "job %s registered without a job key: any process that can open this "
+                        "SMP's socket may act for it (set ECSNAP_JOB_KEY to keep jobs apart)",
+                        job_id,
+                    )
             job.last_active = time.monotonic()
             if job.world_size and job.world_size != info.world_size:
                 logger.warning(
@@ -262,6 +292,11 @@ class SnapshotService(SnapshotReads):
             job = self._job(job_id)
             if job is None:
                 raise NotFound(f"job {job_id!r} is unknown to this SMP")
+            if len(job.waiters) >= MAX_WAITERS:
+                raise Busy(
+                    f"job {job_id!r} has {len(job.waiters)} commit waits pending, the most "
+                    "this SMP keeps: wait for those to answer"
+                )
             return commits.wait(job, step)
 
     def commit_state(self, job_id: str) -> CommitState:

@@ -30,6 +30,7 @@ from smp._proto import snapshot_pb2
 from smp.config import format_size
 from smp.defaults import JOB_ID
 from smp.errors import ConfigError, MemoryLimitExceeded, StoreFull
+from smp.sockdir import STORE, ensure_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ ARENA_GRANULE = 2 << 20
 _SLOT_NAME = re.compile(r"^r(\d+)\.s(\d+)\.arena$")
 _PARITY_NAME = re.compile(r"^p(\d+)\.s(\d+)\.arena$")
 CLUSTER_FILE = "cluster.meta"
+KEY_FILE = "key.meta"
 PORT_FILE = "smp.port"
 R = TypeVar("R", bound=Message)
 
@@ -144,6 +146,7 @@ class Adopted:
     slots: list[AdoptedSlot] = field(default_factory=list)
     cells: list[AdoptedCell] = field(default_factory=list)
     clusters: dict[str, snapshot_pb2.ClusterRecord] = field(default_factory=dict)
+    keys: dict[str, bytes] = field(default_factory=dict)  # job -> the key digest it is bound to
 
 
 class Store:
@@ -153,7 +156,8 @@ class Store:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._used = 0
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Trainers map their snapshots from here: nobody else may be able to write it.
+        ensure_private_dir(self.root, what=STORE)
         os.chmod(self.root, 0o700)
         free = self.free_bytes()
         if memory_limit is None:
@@ -318,6 +322,12 @@ class Store:
         """Forget an arena's record *before* its bytes are overwritten."""
         arena.record_path().unlink(missing_ok=True)
 
+    def write_job_key(self, job_id: str, digest: bytes) -> None:
+        self.job_dir(job_id).mkdir(mode=0o700, exist_ok=True)
+        self._write(
+            self.job_dir(job_id) / KEY_FILE, snapshot_pb2.JobKeyRecord(job_id=job_id, digest=digest)
+        )
+
     def write_cluster(self, record: snapshot_pb2.ClusterRecord) -> None:
         path = self.cluster_path(record.job_id)
         path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -334,6 +344,9 @@ class Store:
             job = job_dir.name
             for leftover in [*job_dir.glob("*.new"), *job_dir.glob("*.tmp")]:
                 leftover.unlink(missing_ok=True)
+            key = self._read(job_dir / KEY_FILE, snapshot_pb2.JobKeyRecord)
+            if key is not None and key.job_id == job:
+                found.keys[job] = key.digest
             cluster = self._read(job_dir / CLUSTER_FILE, snapshot_pb2.ClusterRecord)
             if cluster is not None and cluster.job_id == job:
                 found.clusters[job] = cluster

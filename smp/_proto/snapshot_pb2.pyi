@@ -209,6 +209,14 @@ class ParityRecord(_message.Message):
     arena_inode: int
     def __init__(self, job_id: _Optional[str] = ..., row: _Optional[int] = ..., slot: _Optional[int] = ..., step: _Optional[int] = ..., stripe: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ..., contributors: _Optional[_Iterable[_Union[ChunkDigest, _Mapping]]] = ..., manifests: _Optional[_Iterable[_Union[NodeManifest, _Mapping]]] = ..., arena_inode: _Optional[int] = ...) -> None: ...
 
+class JobKeyRecord(_message.Message):
+    __slots__ = ("job_id", "digest")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    digest: bytes
+    def __init__(self, job_id: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
 class ClusterRecord(_message.Message):
     __slots__ = ("job_id", "node", "num_nodes", "group_size", "parity", "placement", "addresses", "secret", "has_committed", "committed", "sent")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

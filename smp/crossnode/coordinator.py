@@ -337,7 +337,7 @@ class CrossNode:
         with self._stage_lock:  # local ranks may ask for the same snapshot at once
             if self._local.slot_of(job_id, rank, step) is not None:
                 return 0, 0.0  # held here already
-            client = self._clients.get(member.addresses[source_node], member.secret)
+            client = self._clients.get(member.addresses[source_node], job_id, member.secret)
             timeout = min(timeout, self.rpc_timeout)
             return stage.fetch_slot(client, self._local, job_id, rank, step, source_node, timeout)
 

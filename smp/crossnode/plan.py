@@ -62,7 +62,7 @@ def plan(
     me, group = cluster.node, cluster.group
     futures = {
         n: executor.submit(
-            clients.get(cluster.addresses[n], cluster.secret).job_state, job_id, timeout
+            clients.get(cluster.addresses[n], job_id, cluster.secret).job_state, job_id, timeout
         )
         for n in cluster.peers()
     }

@@ -109,7 +109,7 @@ class _Fetcher:
     def _stream_one(self, s: _Stripe, chosen: tuple[int, ...], index: int, owner: int) -> int:
         """Fold survivor `index`'s cell into `s.out` as its pieces arrive; return its length.
         Raises when the stream fails, overruns the cell, or does not match its checksum."""
-        client = self.clients.get(self.cluster.addresses[owner], self.cluster.secret)
+        client = self.clients.get(self.cluster.addresses[owner], self.job_id, self.cluster.secret)
         hasher = checksum.StreamDigest()
         announced: int | None = None
         at = 0

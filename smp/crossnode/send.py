@@ -85,7 +85,7 @@ def send_chunks(
                 manifest=manifest,
             )
             digest = snapshot_pb2.ChunkDigest(stripe=stripe, length=end - start)
-            client = clients.get(cluster.addresses[holder], cluster.secret)
+            client = clients.get(cluster.addresses[holder], job_id, cluster.secret)
             requests = _requests(header, parts, start, end, digest, sent)
             futures.append(executor.submit(client.push_chunk, requests, timeout))
             if holder == group.holders(stripe)[0]:
@@ -107,7 +107,7 @@ def announce(
 
     def one(node: int) -> None:
         try:
-            clients.get(cluster.addresses[node], cluster.secret).protected(
+            clients.get(cluster.addresses[node], job_id, cluster.secret).protected(
                 job_id, cluster.node, step, timeout
             )
         except Exception as exc:  # noqa: BLE001 - a dead peer only delays the commit
@@ -136,7 +136,7 @@ def announce_failure(
 
     def one(node: int) -> None:
         try:
-            clients.get(cluster.addresses[node], cluster.secret).step_failed(
+            clients.get(cluster.addresses[node], job_id, cluster.secret).step_failed(
                 job_id, cluster.node, step, error.code, str(error), timeout
             )
         except Exception as exc:  # noqa: BLE001 - that node's waiters time out instead

@@ -74,8 +74,8 @@ def test_bad_messages_get_errors_and_daemon_keeps_serving(smp_node: LocalSMP) ->
                     wait_committed=pb.WaitCommittedRequest(step=1, timeout_ms=10),
                 ).SerializeToString()
             ],
-            pb.NOT_FOUND,
-            "unknown",
+            pb.NOT_REGISTERED,  # the same answer as for a job bound to another key
+            "not registered",
         ),
     ]
     for frames, code, words in cases:

@@ -115,8 +115,8 @@ def test_daemonset_and_trainer_pod_mount_the_same_host_paths() -> None:
     ds_spec, pod_spec_ = pod_spec(ds), pod_spec(pod)
     smp = smp_container(ds_spec)
     assert smp is not None
-    host = {v["name"]: v["hostPath"]["path"] for v in ds_spec["volumes"]}
-    smp_mounts = {m["mountPath"]: host[m["name"]] for m in smp["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in ds_spec["volumes"] if "hostPath" in v}
+    smp_mounts = {m["mountPath"]: host[m["name"]] for m in smp["volumeMounts"] if m["name"] in host}
     pod_host = {v["name"]: v["hostPath"]["path"] for v in pod_spec_["volumes"]}
     trainer = pod_spec_["containers"][0]
     pod_mounts = {m["mountPath"]: pod_host[m["name"]] for m in trainer["volumeMounts"]}
@@ -128,6 +128,11 @@ def test_daemonset_and_trainer_pod_mount_the_same_host_paths() -> None:
     assert pod_spec_["securityContext"]["runAsUser"] == ds_spec["securityContext"]["runAsUser"]
     assert parse_size(smp["resources"]["requests"]["memory"]) > parse_size(env["SMP_MEMORY_LIMIT"])
     assert smp["livenessProbe"]["grpc"]["port"] == int(env["SMP_PORT"])
+    # Shared by many jobs: keys are required, and the admin token is out of the trainers' reach.
+    assert env["SMP_REQUIRE_JOB_KEY"] == "1"
+    assert not any(env["SMP_ADMIN_TOKEN_FILE"].startswith(m) for m in pod_mounts)
+    keys = [e for e in trainer["env"] if e["name"] == "ECSNAP_JOB_KEY"]
+    assert keys and "secretKeyRef" in keys[0]["valueFrom"]
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)

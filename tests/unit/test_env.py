@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from ecsnap.env import RankEnv, drawn_run_id, job_id_from, socket_from
+from ecsnap.env import RankEnv, drawn_run_id, job_id_from, job_key_from, layout_from, socket_from
 
 
 def test_rank_env_from_torchrun_variables() -> None:
@@ -39,3 +41,23 @@ def test_a_run_id_torchrun_drew_at_random_is_recognized() -> None:
     assert not drawn_run_id(drawn, {"TORCHELASTIC_RUN_ID": drawn, "ECSNAP_JOB": drawn})
     assert not drawn_run_id("run42", {"TORCHELASTIC_RUN_ID": "run42"})  # --rdzv-id run42
     assert not drawn_run_id(drawn, {})  # given explicitly
+
+
+@pytest.mark.parametrize(("group", "parity"), [(300, 1), (4, 4), (4, 0), (1, 1)])
+def test_bad_redundancy_is_refused_on_one_node_too(group: int, parity: int) -> None:
+    with pytest.raises(ValueError, match="invalid ecsnap redundancy settings"):
+        layout_from(1, group, parity, None, env={})
+
+
+def test_job_key_comes_from_argument_environment_or_file(tmp_path: Path) -> None:
+    key = "k" * 32
+    assert job_key_from(None, env={}) == b""
+    assert job_key_from(key, env={"ECSNAP_JOB_KEY": "other" * 8}) == key.encode()
+    assert job_key_from(None, env={"ECSNAP_JOB_KEY": key}) == key.encode()
+    f = tmp_path / "key"
+    f.write_text(key + "\n")
+    assert job_key_from(None, env={"ECSNAP_JOB_KEY_FILE": str(f)}) == key.encode()
+    with pytest.raises(ValueError, match="at least 16"):
+        job_key_from(None, env={"ECSNAP_JOB_KEY": "short"})
+    with pytest.raises(ValueError, match="cannot read the job key file"):
+        job_key_from(None, env={"ECSNAP_JOB_KEY_FILE": str(tmp_path / "missing")})

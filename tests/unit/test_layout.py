@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from smp.layout import Layout, LayoutError, chunk_range, chunk_size
+from smp.layout import Layout, LayoutError, check_redundancy, chunk_range, chunk_size
 
 
 @pytest.mark.parametrize("placement", ["consecutive", "strided"])
@@ -60,14 +60,28 @@ def test_chunks_cover_the_blob() -> None:
     [
         ((4, 4, 0), "at least 1"),
         ((4, 4, 4), "below"),
-        ((4, 1, 1), "too small"),
+        ((4, 1, 1), "out of range"),
         ((4, 4, 1, "x"), "unknown"),
         ((4, 5, 1), "exceeds"),
+        ((300, 300, 1), "2 to 255 nodes"),
+        ((0, 4, 1), "1 to 65536 nodes"),
+        ((1 << 20, 4, 1), "1 to 65536 nodes"),
+        ((509, 255, 1), "make a group of 509"),
     ],
 )
 def test_invalid_settings(args: tuple[int, ...], words: str) -> None:
     with pytest.raises(LayoutError, match=words):
         Layout(*args)  # type: ignore[arg-type]
+
+
+def test_settings_are_checked_whatever_the_node_count() -> None:
+    """What the user gave is refused at once, not when the job first runs on enough nodes."""
+    for group, parity in ((256, 1), (4, 4), (1, 0)):
+        with pytest.raises(LayoutError):
+            check_redundancy(group, parity)
+        with pytest.raises(LayoutError):
+            Layout.for_job(3, group, parity)
+    check_redundancy(255, 254)
 
 
 def test_single_node_has_no_parity() -> None:

@@ -16,10 +16,10 @@ import xxhash
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.crossnode.coordinator import CrossNode
 from smp.daemon import assemble
-from smp.defaults import PEER_TOKEN_KEY
 from smp.errors import Conflict, PeerUnavailable
 from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
+from smp.peerclient import peer_metadata
 from smp.service import SnapshotService
 from smp.store import Store
 
@@ -59,7 +59,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 def auth(secret: bytes = SECRET) -> tuple[tuple[str, str], ...]:
-    return ((PEER_TOKEN_KEY, secret.hex()),)
+    return peer_metadata(JOB, secret)
 
 
 def chunk_stream(
@@ -117,10 +117,14 @@ def test_calls_without_or_with_a_wrong_secret_are_refused(node: Node) -> None:
         metadata=auth(b"y" * 32),
     )
     other = peer_pb2.JobStateRequest(job_id="someone-else")
-    expect(grpc.StatusCode.NOT_FOUND, "not introduced", node.stub.JobState, other, metadata=auth())
+    expect(grpc.StatusCode.UNAUTHENTICATED, "names job", node.stub.JobState, other, metadata=auth())
+    theirs = peer_metadata("someone-else", SECRET)
+    expect(grpc.StatusCode.NOT_FOUND, "not introduced", node.stub.JobState, other, metadata=theirs)
     # The right secret works, and the node is still serving after all of that.
     assert not node.stub.JobState(req, metadata=auth()).has_committed
-    assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job
+    # Info needs no credentials, and so tells whether a job exists only to its members.
+    assert not node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job
+    assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB), metadata=auth()).knows_job
 
 
 def test_every_field_is_validated(node: Node) -> None:
@@ -234,4 +238,4 @@ def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> 
     assert isinstance(failure, PeerUnavailable) and "could not send" in str(failure)
     with pytest.raises(PeerUnavailable):
         svc.wait_committed(JOB, 2).result(timeout=5)
-    assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB)).knows_job
+    assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB), metadata=auth()).knows_job

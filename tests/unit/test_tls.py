@@ -92,7 +92,7 @@ def server(tmp_path: Path, pki: Path) -> Iterator[PeerServer]:
 
 
 def test_a_peer_with_a_cluster_certificate_gets_through(server: PeerServer, pki: Path) -> None:
-    client = PeerClient(server.address, SECRET, tls_of(pki, "smp-b"))
+    client = PeerClient(server.address, JOB, SECRET, tls_of(pki, "smp-b"))
     try:
         assert not client.job_state(JOB, 5.0).has_committed
     finally:
@@ -112,7 +112,7 @@ def test_others_do_not_reach_the_service(server: PeerServer, pki: Path, who: str
 
 
 def test_the_secret_still_applies_over_tls(server: PeerServer, pki: Path) -> None:
-    client = PeerClient(server.address, b"w" * 32, tls_of(pki, "smp-b"))
+    client = PeerClient(server.address, JOB, b"w" * 32, tls_of(pki, "smp-b"))
     try:
         with pytest.raises(grpc.RpcError) as info:
             client.job_state(JOB, 5.0)
