@@ -6,6 +6,7 @@ one) and gRPC port. Every wait is bounded; `close()` stops it and frees its memo
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -90,6 +91,17 @@ class LocalSMP:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
         return out
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the running SMP used so far; 0.0 when it is not running."""
+        if self.proc is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def tail(self, lines: int = 30) -> str:
         return tail(self.log, lines)

@@ -21,4 +21,6 @@ def test_parity_traffic_is_m_times_the_state_and_a_wiped_node_is_rebuilt(
     assert figures.rebuild_fetched == NODES * size  # k cells of every stripe: g x S
     summary = figures.summary()
     assert summary["sent_per_node_over_S"] == m
-    assert all(v > 0 for v in summary.values())
+    # CPU time is counted in clock ticks: a tiny state may take less than one
+    assert all(v > 0 for k, v in summary.items() if k != "smp_cpu_s_per_GiB")
+    assert summary["smp_cpu_s_per_GiB"] >= 0 and figures.smp_cpu_s >= 0
