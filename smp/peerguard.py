@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -43,6 +44,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "ABORTED": grpc.StatusCode.ABORTED,
 }
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ def client_address(peer: str) -> str:
     """'ipv4:10.0.0.5:41234' -> 'ipv4:10.0.0.5' (the port differs per connection)."""
     head, sep, tail = peer.rpartition(":")
     return head if sep and tail.isdigit() and head.count(":") >= 1 else peer
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """`await awaitable`, or TimeoutError after `seconds` (asyncio.timeout where there is one:
+    it creates no task per message, as wait_for does)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: SmpError) -> NoReturn:
@@ -131,14 +142,25 @@ class Gate:
         limit = (
             self.limits.max_call_s if remaining is None else min(remaining, self.limits.max_call_s)
         )
+        task = asyncio.current_task()
+        expired = asyncio.Event()
+
+        def expire() -> None:
+            expired.set()
+            if task is not None:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(limit, expire)
         try:
-            async with asyncio.timeout(limit):
-                yield job
-        except TimeoutError:
+            yield job
+        except asyncio.CancelledError:
+            if not expired.is_set():
+                raise  # cancelled by the caller or by shutdown, not by the limit
             await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} ran past its {limit:.0f} s limit"
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} ran past its {limit:.3g} s limit"
             )
         finally:
+            timer.cancel()
             left = self._active.get(client, 1) - 1
             if left > 0:
                 self._active[client] = left
@@ -182,8 +204,7 @@ class Gate:
     ) -> Message | Malformed | None:
         """The stream's next message (None at its end); cut after `idle_s` without one."""
         try:
-            async with asyncio.timeout(self.limits.idle_s):  # no task per message, unlike wait_for
-                message = await context.read()
+            message = await within(self.limits.idle_s, context.read())
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -198,8 +219,7 @@ class Gate:
     ) -> None:
         """Send one message; a reader that takes none for `idle_s` is cut."""
         try:
-            async with asyncio.timeout(self.limits.idle_s):
-                await context.write(message)
+            await within(self.limits.idle_s, context.write(message))
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

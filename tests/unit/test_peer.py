@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import xxhash
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.crossnode.coordinator import CrossNode
@@ -20,6 +21,7 @@ from smp.errors import Conflict, PeerUnavailable
 from smp.jobs import RankInfo
 from smp.peer import PeerServer, PeerServicer
 from smp.peerclient import peer_metadata
+from smp.peerguard import PeerLimits
 from smp.service import SnapshotService
 from smp.store import Store
 
@@ -239,3 +241,59 @@ def test_dead_peers_keep_a_step_from_committing_and_nothing_else(node: Node) -> 
     with pytest.raises(PeerUnavailable):
         svc.wait_committed(JOB, 2).result(timeout=5)
     assert node.stub.Info(peer_pb2.InfoRequest(job_id=JOB), metadata=auth()).knows_job
+
+
+def test_slow_streams_and_crowds_are_bounded(node: Node) -> None:
+    """A stream that keeps trickling is cut at the call limit, one that stops at the idle limit;
+    calls beyond the per-client bound are refused at once; health answers throughout."""
+    limits = PeerLimits(idle_s=0.5, calls_per_client=2, max_call_s=1.5)
+    server = PeerServer(PeerServicer(node.replication, "n1", "auto", limits), "127.0.0.1", 0)
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    stub = peer_pb2_grpc.PeerStub(channel)
+    try:
+        mine = node.replication.member(JOB)
+        assert mine is not None
+        stripe = mine.group.parity_cells(1)[0][0]
+        sender = mine.group.contributors(stripe)[0]
+        steps = iter(range(1, 10))
+
+        def trickle(pause: float, count: int) -> Iterator[peer_pb2.PushChunkRequest]:
+            yield next(chunk_stream(next(steps), stripe, sender, b"x" * 64, length=1 << 20))
+            for _ in range(count):
+                time.sleep(pause)
+                yield peer_pb2.PushChunkRequest(data=b"x" * 64)
+
+        expect(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "ran past its 1.5 s limit",
+            stub.PushChunk,
+            trickle(0.2, 40),
+            metadata=auth(),
+            timeout=10,
+        )
+        expect(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "idle stream cut",
+            stub.PushChunk,
+            trickle(3.0, 1),
+            metadata=auth(),
+            timeout=10,
+        )
+        hold = [stub.PushChunk.future(trickle(0.4, 3), metadata=auth(), timeout=10) for _ in "ab"]
+        time.sleep(0.2)
+        expect(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "calls from",
+            stub.JobState,
+            peer_pb2.JobStateRequest(job_id=JOB),
+            metadata=auth(),
+        )
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1
+        for f in hold:
+            f.exception(timeout=10)
+        assert not stub.JobState(peer_pb2.JobStateRequest(job_id=JOB), metadata=auth()).moved
+    finally:
+        channel.close()
+        server.stop(0.5)
