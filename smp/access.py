@@ -66,11 +66,12 @@ class Access:
             )
         digest = key_digest(key)
         if bound is not None and not hmac.compare_digest(digest, bound):
+            theirs = "a key" if bound else "no key"
+            mine = "another key" if key and bound else ("a key" if key else "no key")
             raise Unauthenticated(
-                f"job id {job_id!r} is taken on this SMP by a job with another job key "
-                f"({'none' if not bound else 'a key'}, this registration "
-                f"{'none' if not key else 'another one'}): give every incarnation of a job the "
-                "same ECSNAP_JOB_KEY, or use another job id"
+                f"job id {job_id!r} is taken on this SMP by a job with another job key (it was "
+                f"registered with {theirs}, this registration presents {mine}): give every "
+                "incarnation of a job the same ECSNAP_JOB_KEY, or use another job id"
             )
         return digest
 
@@ -81,6 +82,11 @@ class Access:
             return
         if bound is None or not hmac.compare_digest(key_digest(key), bound):
             raise not_registered(job_id)
+
+
+def admin_token_path(socket_path: str, token_file: str | None = None) -> Path:
+    """Where the admin token is: `token_file`, else beside the socket (`<socket>.admin`)."""
+    return Path(token_file or f"{socket_path}.admin")
 
 
 def admin_token(path: Path) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from smp import defaults
+from smp.access import admin_token_path
 from smp.defaults import MAX_SOCKET_PATH
 from smp.errors import ConfigError
 
@@ -234,7 +235,7 @@ class ServeConfig:
 
     @property
     def admin_token_path(self) -> Path:
-        return Path(self.admin_token_file or f"{self.socket}.admin")
+        return admin_token_path(self.socket, self.admin_token_file or None)
 
     @property
     def metrics_bind(self) -> str:

@@ -28,7 +28,6 @@ from smp.errors import BadRequest, SmpError
 from smp.handlers import ControlHandlers, Deferred, Status, set_error
 from smp.logs import LogThrottle
 from smp.service import SnapshotService
-from smp.sockdir import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class ControlServer:
 
     def start(self) -> None:
         path = Path(self.socket_path)
-        ensure_private_dir(path.parent)  # 0700 if new; refused if another user could write it
+        # The directory exists and is ours alone: Daemon.start checked it first (smp.sockdir).
         path.unlink(missing_ok=True)  # the caller made sure no live SMP owns it
         old_umask = os.umask(0o177)  # the socket is created owner-only
         try:

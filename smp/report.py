@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import grpc
 import zmq
@@ -16,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import control_pb2 as pb
-from smp.access import read_admin_token
+from smp.access import admin_token_path, read_admin_token
 from smp.config import format_size
 from smp.sockdir import check_socket_dir
 from smp.tls import PeerTls, open_channel
@@ -30,15 +29,15 @@ def _ask(
     socket_path: str, request: pb.Request, timeout_s: float, token_file: str | None = None
 ) -> pb.Response:
     """One request on a fresh socket (the daemon's own commands; trainers use ecsnap's client),
-    as the SMP's owner (its admin token) when `token_file` is given and readable."""
+    as the SMP's owner: with its admin token (`token_file`, default beside the socket) when this
+    process can read it."""
     # UnsafeDirectory (a ConfigError) if another user controls it; never connect unchecked.
     if not check_socket_dir(socket_path):
         raise NotAnswering(
             f"no SMP answered on {socket_path}: there is no socket there; is `smp serve` running "
             "with this --socket (or $SMP_SOCKET / $ECSNAP_SOCKET)?"
         )
-    if token_file is not None:
-        request.admin_token = read_admin_token(Path(token_file or f"{socket_path}.admin"))
+    request.admin_token = read_admin_token(admin_token_path(socket_path, token_file))
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -64,7 +63,7 @@ def fetch_status(
     """The SMP's status: every job when this process may read the SMP's admin token
     (`token_file`, default beside the socket), else the SMP's own state only (`smp.access`)."""
     request = pb.Request(request_id=1, status=pb.StatusRequest())
-    return _ask(socket_path, request, timeout_s, token_file or "").status
+    return _ask(socket_path, request, timeout_s, token_file).status
 
 
 def served(socket_path: str, timeout_s: float = 0.5) -> pb.StatusResponse | None:
@@ -84,7 +83,7 @@ def forget(
 ) -> int:
     """Ask the SMP to forget a job (as its owner: the admin token); the bytes it freed."""
     request = pb.Request(request_id=1, job_id=job_id, forget=pb.ForgetRequest())
-    return int(_ask(socket_path, request, timeout_s, token_file or "").forget.freed_bytes)
+    return int(_ask(socket_path, request, timeout_s, token_file).forget.freed_bytes)
 
 
 SERVING = "SERVING"
