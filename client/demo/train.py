@@ -124,7 +124,9 @@ def _restore(snap: ecsnap.Snapshotter, app_state: dict[str, Any], report: Path) 
     t0 = time.perf_counter()
     restored = snap.restore(app_state)
     restore_s = time.perf_counter() - t0
-    report.write_text(
+    # Whole or not at all (written aside, then renamed): launchers read it while ranks run.
+    partial = report.with_name(report.name + ".tmp")
+    partial.write_text(
         json.dumps(
             {
                 "step": restored,
@@ -134,6 +136,7 @@ def _restore(snap: ecsnap.Snapshotter, app_state: dict[str, Any], report: Path) 
             }
         )
     )
+    os.replace(partial, report)
     return 0 if restored is None else restored + 1
 
 
