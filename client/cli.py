@@ -48,11 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster = bench_sub.add_parser(
         "cluster",
-        help="parity exchange and node rebuild across 4 local SMPs vs raw TCP and plain gRPC",
+        help="parity exchange and node-loss restore across local SMPs vs raw TCP and plain gRPC",
     )
     cluster.add_argument("--size", default="256M", help="state per node (default 256M)")
     cluster.add_argument("--repeats", type=int, default=3)
+    cluster.add_argument("--nodes", default="2,4", help="node counts to run (default 2,4)")
+    cluster.add_argument("--group", type=int, default=4, help="group size (default 4, or N)")
     cluster.add_argument("--parity", default="1,2", help="parity settings to run (default 1,2)")
+    cluster.add_argument(
+        "--tls", action="store_true", help="run every setting again with mutual TLS"
+    )
+    cluster.add_argument(
+        "--scaling", action="store_true", help="also 2, 4, 8 nodes in groups of 4 (1 parity)"
+    )
+    cluster.add_argument(
+        "--parity-bandwidth",
+        default=None,
+        help="also a 4-node run with this cap on every SMP (e.g. 200M), checked against it",
+    )
     cluster.add_argument("--json", default=None, help="write raw results here")
     from ecsnap.bench import chaos
 
@@ -83,9 +96,19 @@ def _bench(args: argparse.Namespace) -> int:
         return chaos.run(args)
     if args.bench == "cluster":
         from ecsnap.bench import cluster
+        from smp.pacing import parse_rate
 
-        parities = [int(x) for x in args.parity.split(",")]
-        return cluster.run_cluster(parse_size(args.size), args.repeats, parities, args.json)
+        return cluster.run_cluster(
+            parse_size(args.size),
+            args.repeats,
+            [int(x) for x in args.nodes.split(",")],
+            args.group,
+            [int(x) for x in args.parity.split(",")],
+            args.json,
+            tls=args.tls,
+            scaling=args.scaling,
+            bandwidth=parse_rate(args.parity_bandwidth) if args.parity_bandwidth else None,
+        )
     from ecsnap.bench import local
 
     return int(

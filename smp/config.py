@@ -19,6 +19,7 @@ from smp import defaults
 from smp.access import admin_token_path
 from smp.defaults import MAX_SOCKET_PATH
 from smp.errors import ConfigError
+from smp.pacing import parse_rate
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -36,7 +37,8 @@ class Setting:
     name: str
     env: str
     help: str
-    kind: str = "str"  # "str", "int", "size" (8G), "seconds", "bool" (a flag without a value)
+    # "str", "int", "size" (8G), "seconds", "rate" (500M bytes/s), "bool" (a flag without a value)
+    kind: str = "str"
     choices: tuple[str, ...] | None = None
     launch: str | None = None
 
@@ -150,6 +152,15 @@ SETTINGS: tuple[Setting, ...] = (
         "most peer calls served at once for one client address (default 64)",
         "int",
     ),
+    Setting(
+        "parity_bandwidth",
+        "SMP_PARITY_BANDWIDTH",
+        "cap on the parity bytes this SMP sends per second, all jobs and peers together, e.g. "
+        "500M or 2G (decimal; 500MiB for binary), for networks the training shares "
+        "(default: unlimited)",
+        "rate",
+        launch="--parity-bandwidth",
+    ),
 )
 SETTING = {s.name: s for s in SETTINGS}
 ENV_SMP_CONFIG = SETTING["config"].env
@@ -198,6 +209,7 @@ class ServeConfig:
     admin_token_file: str = ""  # "": <socket>.admin
     peer_idle_timeout: float = 30.0
     peer_calls_per_client: int = 64
+    parity_bandwidth: float | None = None  # bytes/s of parity sent; None: unlimited
 
     def __post_init__(self) -> None:
         if self.job_ttl is not None and self.job_ttl <= 0:
@@ -326,10 +338,13 @@ def _typed(values: dict[str, object]) -> dict[str, Any]:
                 out[key] = float(str(value))
             elif kind == "size":
                 out[key] = value if isinstance(value, int) else parse_size(str(value))
+            elif kind == "rate":
+                out[key] = parse_rate(str(value))
             else:
                 out[key] = str(value)
-        except ValueError:
-            raise ConfigError(f"{key} {value!r} is not a number") from None
+        except ValueError as exc:
+            detail = str(exc) if kind == "rate" else f"{key} {value!r} is not a number"
+            raise ConfigError(detail) from None
     return out
 
 

@@ -56,11 +56,14 @@ def assemble(
     events: EventSink = ignore_events,
     rpc_timeout: float = 60.0,
     access: Access | None = None,
+    parity_bandwidth: float | None = None,
 ) -> Parts:
     table = JobTable(events)
     service = SnapshotService(table, store, executor, access)
     local = LocalSnapshots(table, store)
-    crossnode = CrossNode(local, codec_engine, rpc_timeout=rpc_timeout, tls=tls)
+    crossnode = CrossNode(
+        local, codec_engine, rpc_timeout=rpc_timeout, tls=tls, parity_bandwidth=parity_bandwidth
+    )
     service.set_listener(crossnode)  # the one wire from the local side to the other
     return Parts(table, service, local, crossnode)
 
@@ -100,7 +103,13 @@ class Daemon:
         tls = PeerTls.load(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
         access = Access(admin_token(cfg.admin_token_path), cfg.require_job_key)
         parts = assemble(
-            self.store, self._executor, cfg.codec, tls, self.metrics.observe, access=access
+            self.store,
+            self._executor,
+            cfg.codec,
+            tls,
+            self.metrics.observe,
+            access=access,
+            parity_bandwidth=cfg.parity_bandwidth,
         )
         service, self.crossnode = parts.service, parts.crossnode
         readopt(self.store, parts.local, self.crossnode)

@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 
-from smp import __version__
+from smp import __version__, wire
 from smp._proto import peer_pb2
 from smp.crossnode.coordinator import CrossNode
 from smp.defaults import PEER_MAX_MESSAGE, PEER_PIECE
@@ -34,6 +34,7 @@ from smp.tls import PeerTls
 SERVICE_NAME = "ecsnap.v1.Peer"
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+PushRequest = tolerant(peer_pb2.PushChunkRequest)
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -87,9 +88,11 @@ class PeerServicer:
         )
 
     async def PushChunk(self, _requests: Any, context: Context) -> peer_pb2.PushChunkResponse:
+        """A chunk stream: header, data pieces (read as views, `smp.wire`), checksum."""
         gate, name = self.gate, "PushChunk"
         async with gate.call(context, name) as job:
-            first = await self._next(context, name)
+            raw = await gate.read(context, name)
+            first = None if raw is None else await self._parse(context, PushRequest, raw)
             if first is None or not first.HasField("header"):
                 await abort(context, BadRequest("a chunk stream must start with its header"))
             h = first.header
@@ -100,20 +103,24 @@ class PeerServicer:
                 self._crossnode.open_chunk,
                 *(h.job_id, token, h.step, h.stripe, h.from_node, h.length, h.manifest),
             )
-            while (req := await self._next(context, name)) is not None:
-                part = req.WhichOneof("part")
-                if part == "data":
-                    # Inline: folding ~1 MiB into the cell takes well under a millisecond, and a
-                    # hop to the pool per message costs more than it (measured, bench cluster).
-                    try:
-                        sink.write(req.data)
-                    except SmpError as exc:
-                        await abort(context, exc)
-                elif part == "checksum":
-                    await self._run(context, self._crossnode.close_chunk, job, sink, req.checksum)
-                    return peer_pb2.PushChunkResponse()
-                else:
-                    await abort(context, BadRequest("a chunk stream may carry one header only"))
+            while (raw := await gate.read(context, name)) is not None:
+                piece = wire.data_view(raw) if isinstance(raw, bytes) else None
+                if piece is None:  # not the fast shape: a checksum, or data protobuf-encoded
+                    req = await self._parse(context, PushRequest, raw)
+                    part = req.WhichOneof("part")
+                    if part == "checksum":
+                        close = self._crossnode.close_chunk
+                        await self._run(context, close, job, sink, req.checksum)
+                        return peer_pb2.PushChunkResponse()
+                    if part != "data":
+                        await abort(context, BadRequest("a chunk stream may carry one header only"))
+                    piece = memoryview(req.data)
+                # Inline: folding ~1 MiB into the cell takes well under a millisecond, and a hop
+                # to the pool per message costs more than it (measured, bench cluster).
+                try:
+                    sink.write(piece)
+                except SmpError as exc:
+                    await abort(context, exc)
             await abort(
                 context, BadRequest(f"chunk stream of node {h.from_node} ended without checksum")
             )
@@ -147,8 +154,9 @@ class PeerServicer:
             await self.gate.write(context, name, peer_pb2.FetchCellResponse(header=header))
             for part in parts:
                 for at in range(0, len(part), PEER_PIECE):
-                    piece = peer_pb2.FetchCellResponse(data=bytes(part[at : at + PEER_PIECE]))
-                    await self.gate.write(context, name, piece)
+                    await self.gate.write(
+                        context, name, wire.data_message(part[at : at + PEER_PIECE])
+                    )
 
     async def FetchSlot(self, request: Any, context: Context) -> None:
         name = "FetchSlot"
@@ -157,7 +165,7 @@ class PeerServicer:
             record, pieces = await self._run(context, source, job, r.rank, r.step)
             await self.gate.write(context, name, peer_pb2.FetchSlotResponse(header=record))
             for piece in pieces:
-                await self.gate.write(context, name, peer_pb2.FetchSlotResponse(data=bytes(piece)))
+                await self.gate.write(context, name, wire.data_message(piece))
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -167,9 +175,8 @@ class PeerServicer:
         except SmpError as exc:
             await abort(context, exc)
 
-    async def _next(self, context: Context, method: str) -> Any:
-        message = await self.gate.read(context, method)
-        return None if message is None else await self._parsed(context, message)
+    async def _parse(self, context: Context, parse: Callable[[bytes], Any], raw: Any) -> Any:
+        return await self._parsed(context, parse(raw))
 
     async def _check_job(self, context: Context, job: str, named: str) -> None:
         try:
@@ -178,28 +185,33 @@ class PeerServicer:
             await abort(context, exc)
 
     def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
-        """The service's methods, with deserializers that never raise (see peerguard)."""
+        """The service's methods, with deserializers that never raise (see peerguard). The bulk
+        streams pass raw bytes: PushChunk parses its messages itself (data pieces as views),
+        FetchCell and FetchSlot send pre-serialized data pieces (`smp.wire`)."""
         unary, stream_in, stream_out = (
             grpc.unary_unary_rpc_method_handler,
             grpc.stream_unary_rpc_method_handler,
             grpc.unary_stream_rpc_method_handler,
         )
         table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        for name, kind, request, response in (
-            ("Info", unary, peer_pb2.InfoRequest, peer_pb2.InfoResponse),
-            ("PushChunk", stream_in, peer_pb2.PushChunkRequest, peer_pb2.PushChunkResponse),
-            ("Protected", unary, peer_pb2.ProtectedRequest, peer_pb2.ProtectedResponse),
-            ("StepFailed", unary, peer_pb2.StepFailedRequest, peer_pb2.StepFailedResponse),
-            ("JobState", unary, peer_pb2.JobStateRequest, peer_pb2.JobStateResponse),
-            ("FetchCell", stream_out, peer_pb2.FetchCellRequest, peer_pb2.FetchCellResponse),
-            ("FetchSlot", stream_out, peer_pb2.FetchSlotRequest, peer_pb2.FetchSlotResponse),
+        for name, kind, parse, serialize in (
+            ("Info", unary, tolerant(peer_pb2.InfoRequest), _serialize),
+            ("PushChunk", stream_in, None, _serialize),
+            ("Protected", unary, tolerant(peer_pb2.ProtectedRequest), _serialize),
+            ("StepFailed", unary, tolerant(peer_pb2.StepFailedRequest), _serialize),
+            ("JobState", unary, tolerant(peer_pb2.JobStateRequest), _serialize),
+            ("FetchCell", stream_out, tolerant(peer_pb2.FetchCellRequest), wire.serialize_any),
+            ("FetchSlot", stream_out, tolerant(peer_pb2.FetchSlotRequest), wire.serialize_any),
         ):
             table[name] = kind(
-                getattr(self, name),
-                request_deserializer=tolerant(request),
-                response_serializer=response.SerializeToString,
+                getattr(self, name), request_deserializer=parse, response_serializer=serialize
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, table)
+
+
+def _serialize(message: Any) -> bytes:
+    out: bytes = message.SerializeToString()
+    return out
 
 
 class PeerServer:

@@ -201,8 +201,9 @@ class Gate:
 
     async def read(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str
-    ) -> Message | Malformed | None:
-        """The stream's next message (None at its end); cut after `idle_s` without one."""
+    ) -> Message | Malformed | bytes | None:
+        """The stream's next message (None at its end); cut after `idle_s` without one. A
+        method without a deserializer gets the raw bytes."""
         try:
             message = await within(self.limits.idle_s, context.read())
         except TimeoutError:
@@ -210,14 +211,15 @@ class Gate:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{method}: no message for {self.limits.idle_s:g} s: idle stream cut",
             )
-        if isinstance(message, (Message, Malformed)):
+        if isinstance(message, (Message, Malformed, bytes)):
             return message
         return None  # grpc.aio.EOF: the stream ended
 
     async def write(
-        self, context: grpc.aio.ServicerContext[Any, Any], method: str, message: Message
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, message: Message | bytes
     ) -> None:
-        """Send one message; a reader that takes none for `idle_s` is cut."""
+        """Send one message (or its serialized bytes); a reader that takes none for `idle_s` is
+        cut."""
         try:
             await within(self.limits.idle_s, context.write(message))
         except TimeoutError:

@@ -33,6 +33,7 @@ from smp.errors import (
 )
 from smp.layout import Layout, LayoutError
 from smp.local import LocalSnapshots
+from smp.pacing import Pacer
 from smp.peerclient import PeerClients
 from smp.tls import PeerTls
 
@@ -47,6 +48,7 @@ class CrossNode:
         commit_timeout: float = 120.0,
         rpc_timeout: float = 60.0,
         tls: PeerTls | None = None,
+        parity_bandwidth: float | None = None,
     ) -> None:
         self._local = local
         self._store = local.store
@@ -58,6 +60,7 @@ class CrossNode:
         self._stage_lock = threading.Lock()
         self._members: dict[str, Membership] = {}
         self._clients = PeerClients(tls)
+        self._pacer = Pacer(parity_bandwidth)  # every parity stream this SMP sends shares it
         # Coordinators wait on pushes: separate pools, so waiting never starves the pushes.
         self._coord_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smp-coord")
         self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smp-send")
@@ -211,6 +214,7 @@ class CrossNode:
                 manifest,
                 self._send_pool,
                 self.rpc_timeout,
+                self._pacer,
             )
         except Exception as exc:  # noqa: BLE001 - the step cannot commit; training goes on
             self._send_failed(job_id, member, step, exc)

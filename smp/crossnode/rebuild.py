@@ -28,6 +28,7 @@ import numpy as np
 from smp import checksum
 from smp._proto import snapshot_pb2
 from smp.codec import Codec
+from smp.crossnode.fold import Watermark
 from smp.crossnode.membership import Membership
 from smp.crossnode.plan import Plan, cause, plan
 from smp.crossnode.receive import ParityHolder
@@ -54,11 +55,37 @@ class RebuildResult:
 
 class _Out:
     """Where one stripe's rebuilt cell goes: pieces of arenas, `length` bytes in all (the rest of
-    the cell, beyond this node's chunk, is not needed and not computed)."""
+    the cell, beyond this node's chunk, is not needed and not computed). The first share to reach
+    a byte overwrites it, so the arenas are never zero-filled first (`smp.crossnode.fold`)."""
 
     def __init__(self, regions: list[memoryview]) -> None:
         self.regions = regions
         self.length = sum(len(r) for r in regions)
+        self.written = Watermark()
+
+    def fold(
+        self,
+        codec: Codec,
+        chosen: tuple[int, ...],
+        mine: int,
+        index: int,
+        at: int,
+        piece: memoryview,
+    ) -> None:
+        """Fold survivor `index`'s bytes [at, at + len(piece)) of the cell into the result."""
+        n = min(len(piece), self.length - at)
+        if n <= 0:
+            return  # beyond this node's chunk: not needed
+        for lo, hi, add in self.written.spans(at, n):
+            for off, target in self.split(lo, hi - lo):
+                share = piece[lo - at + off : lo - at + off + len(target)]
+                codec.partial_decode(chosen, [mine], index, share, [target], add)
+
+    def finish(self) -> None:
+        """Zero what no share reached (the result is shorter than every survivor's cell)."""
+        for _, target in self.split(self.written.filled, self.length - self.written.filled):
+            np.frombuffer(target, dtype=np.uint8).fill(0)
+        self.written.filled = self.length
 
     def split(self, at: int, n: int) -> list[tuple[int, memoryview]]:
         """(offset into a piece of n bytes at cell offset `at`, target view) pairs."""
@@ -72,8 +99,8 @@ class _Out:
         return out
 
     def clear(self) -> None:
-        for region in self.regions:
-            np.frombuffer(region, dtype=np.uint8).fill(0)
+        """Start again (a survivor failed): what was folded so far is overwritten."""
+        self.written.reset()
 
     def digest(self) -> int:
         return checksum.digest(self.regions)
@@ -111,20 +138,15 @@ class _Fetcher:
         Raises when the stream fails, overruns the cell, or does not match its checksum."""
         client = self.clients.get(self.cluster.addresses[owner], self.job_id, self.cluster.secret)
         hasher = checksum.StreamDigest()
-        announced: int | None = None
+        header, pieces = client.fetch_cell(self.job_id, self.step, s.stripe, self.timeout)
+        announced = header.checksum
         at = 0
-        for msg in client.fetch_cell(self.job_id, self.step, s.stripe, self.timeout):
-            if msg.HasField("header"):
-                announced = msg.header.checksum
-                continue
-            piece = msg.data
+        for piece in pieces:
             if at + len(piece) > s.cell_len:
                 raise ValueError(f"cell overruns the {s.cell_len} bytes expected")
             hasher.update(piece)
             with s.lock:
-                for off, target in s.out.split(at, len(piece)):
-                    share = piece[off : off + len(target)]
-                    self.codec.partial_decode(chosen, [s.mine], index, share, [target])
+                s.out.fold(self.codec, chosen, s.mine, index, at, piece)
             at += len(piece)
         want = s.expected.get(index)
         if (want if want is not None else announced) != hasher.value():
@@ -163,6 +185,7 @@ class _Fetcher:
                     bad.add(index)
                     failed = True
             if not failed:
+                s.out.finish()
                 return True, fetched
             s.out.clear()
 
@@ -251,7 +274,6 @@ class _NodeFetch:
         mine_index = group.cell_index(stripe, me)
         out = self._target(stripe, mine_index, cell_len)
         s = _Stripe(stripe, mine_index, cell_len, out, *self._candidates(stripe))
-        out.clear()  # the folds accumulate: start from zero (a reused arena holds old bytes)
         ok, got = self.fetcher.stripe(s)
         if not ok:
             raise RebuildFailed(

@@ -4,9 +4,11 @@ Each node holds m parity cells per step (one per stripe where it is a parity hol
 buffered like the data slots: a new step never lands in the cell holding the committed step. Data
 nodes forward their raw chunks; the holder folds each ~1 MiB piece straight into the cell with the
 codec's fused multiply-XOR (ISA-L ec_encode_data_update), so nothing is buffered and the sender
-computes nothing. A cell is complete once every contributor's chunk arrived whole and matched
-its checksum; its record (with the contributors' digests and node manifests, what a replacement
-node needs to rebuild) is then written beside it, so a restarted SMP re-adopts the cell.
+computes nothing; the first share to reach a byte overwrites it, later ones XOR in
+(`smp.crossnode.fold`), so a reused cell is never zero-filled. A cell is complete once every
+contributor's chunk arrived whole and matched its checksum; its record (with the contributors'
+digests and node manifests, what a replacement node needs to rebuild) is then written beside it,
+so a restarted SMP re-adopts the cell.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from smp import checksum
 from smp._proto import snapshot_pb2
 from smp.codec import Codec
+from smp.crossnode.fold import Watermark
 from smp.errors import BadRequest, ChecksumMismatch, Conflict
 from smp.layout import Group
 from smp.store import AdoptedCell, Arena, Store
@@ -44,6 +47,7 @@ class Cell:
     started: set[int] = field(default_factory=set)
     checksum: int | None = None  # of the complete cell
     epoch: int = 0  # the job incarnation whose chunks fill the cell
+    written: Watermark = field(default_factory=Watermark)  # no zero-fill per step (fold.py)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def complete(self, group: Group) -> bool:
@@ -52,6 +56,7 @@ class Cell:
     def reset(self, step: int = -1, stripe: int = -1, epoch: int = 0) -> None:
         self.step, self.stripe, self.done, self.checksum = step, stripe, {}, None
         self.started, self.length, self.epoch = set(), 0, epoch
+        self.written.reset()
 
 
 class ParityHolder:
@@ -115,7 +120,6 @@ class ParityHolder:
                 with target.lock:
                     if target.arena is not None:  # its bytes are about to change
                         self.store.drop_record(target.arena)
-                        np.frombuffer(target.arena.view(), dtype=np.uint8).fill(0)
                     target.reset(step, stripe, self.epoch)
                 cell = target
             elif from_node in cell.started:
@@ -137,7 +141,13 @@ class ParityHolder:
         return cell, epoch
 
     def accumulate(
-        self, cell: Cell, epoch: int, step: int, from_node: int, offset: int, piece: bytes
+        self,
+        cell: Cell,
+        epoch: int,
+        step: int,
+        from_node: int,
+        offset: int,
+        piece: bytes | memoryview,
     ) -> None:
         """Fold bytes [offset, offset+len) of `from_node`'s chunk into the cell."""
         group = self.group
@@ -149,10 +159,12 @@ class ParityHolder:
                 raise BadRequest(
                     f"chunk of node {from_node} overruns its announced length {cell.length}"
                 )
-            out = cell.arena.view()[offset : offset + len(piece)]
-            self.codec.partial_decode(
-                range(group.k), [group.k + self.row_of(cell.stripe)], data_index, piece, [out]
-            )
+            view = cell.arena.view()
+            parity = [group.k + self.row_of(cell.stripe)]
+            for lo, hi, add in cell.written.spans(offset, len(piece)):
+                share = piece[lo - offset : hi - offset]
+                out = [view[lo:hi]]
+                self.codec.partial_decode(range(group.k), parity, data_index, share, out, add)
 
     def finish(
         self, cell: Cell, epoch: int, step: int, from_node: int, digest: snapshot_pb2.ChunkDigest
@@ -164,6 +176,9 @@ class ParityHolder:
             cell.done[from_node] = digest
             if not cell.complete(self.group) or cell.arena is None:
                 return False
+            tail = cell.arena.view(cell.length)[cell.written.filled :]
+            np.frombuffer(tail, dtype=np.uint8).fill(0)  # no share reached it: it is zero
+            cell.written.filled = cell.length
             cell.checksum = checksum.digest([cell.arena.view(cell.length)])
         with self._lock:
             step_manifests = self.manifests.get(step, {})
@@ -214,7 +229,7 @@ class ParityHolder:
     # -- a rebuilt node's cells -----------------------------------------------------------------
 
     def install_target(self, step: int, stripe: int, length: int) -> memoryview:
-        """The (zeroed) bytes a rebuild decodes this node's cell of `stripe` into."""
+        """The bytes a rebuild decodes this node's cell of `stripe` into (stale until written)."""
         row = self.row_of(stripe)
         with self._lock:
             cell = min(self._cells[row], key=lambda c: c.step)
@@ -224,9 +239,7 @@ class ParityHolder:
             with cell.lock:
                 cell.reset(-1, stripe, self.epoch)  # not servable until finish_install
                 cell.length = length
-            view = cell.arena.view(length)
-            np.frombuffer(view, dtype=np.uint8).fill(0)
-            return view
+            return cell.arena.view(length)
 
     def finish_install(
         self,
@@ -342,7 +355,7 @@ class ChunkSink:
         self._hasher = checksum.StreamDigest()
         self.received = 0
 
-    def write(self, piece: bytes) -> None:
+    def write(self, piece: bytes | memoryview) -> None:
         self.holder.accumulate(
             self.cell, self.epoch, self.step, self.from_node, self.received, piece
         )

@@ -2,9 +2,11 @@
 failures) to every node of the job.
 
 A node's blob for a step is its ranks' slots back to back (rank order), cut into k chunks. Chunk i
-goes, raw, to the m parity holders of its stripe, in ~1 MiB messages read straight from the
-arenas, with an xxh3 checksum of the whole chunk at the end (the holder verifies it and keeps it,
-so a rebuilt chunk can be checked later). Per-node traffic per snapshot is therefore m x S.
+goes, raw, to the m parity holders of its stripe, in ~1 MiB messages copied once from the arenas
+into the bytes gRPC sends (`smp.wire`: no protobuf copies), with an xxh3 checksum of the whole
+chunk at the end, hashed from that copy while it is in cache (the holder verifies it and keeps it,
+so a rebuilt chunk can be checked later). Per-node traffic per snapshot is therefore m x S; an
+SMP's parity sends share one `Pacer` (`--parity-bandwidth`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from concurrent.futures import Executor, Future
 
 import grpc
 
-from smp import checksum
+from smp import checksum, wire
 from smp._proto import peer_pb2, snapshot_pb2
 from smp.crossnode.membership import Membership
 from smp.defaults import PEER_PIECE as PIECE
 from smp.errors import MemoryLimitExceeded, PeerUnavailable, SmpError
 from smp.layout import chunk_range
+from smp.pacing import Pacer
 from smp.peerclient import PeerClients
 
 logger = logging.getLogger(__name__)
@@ -45,15 +48,19 @@ def _requests(
     end: int,
     digest: snapshot_pb2.ChunkDigest,
     sent: list[int],
-) -> Iterator[peer_pb2.PushChunkRequest]:
-    yield peer_pb2.PushChunkRequest(header=header)
+    pacer: Pacer,
+) -> Iterator[bytes]:
+    """The serialized messages of one chunk stream: header, data pieces, checksum."""
+    yield peer_pb2.PushChunkRequest(header=header).SerializeToString()
     hasher = checksum.StreamDigest()
     for piece in blob_pieces(parts, start, end):
-        hasher.update(piece)
-        yield peer_pb2.PushChunkRequest(data=bytes(piece))
+        pacer.take(len(piece))
+        message = wire.data_message(piece)
+        hasher.update(memoryview(message)[len(message) - len(piece) :])  # the copy, in cache
+        yield message
         sent[0] += len(piece)
     digest.checksum = hasher.value()
-    yield peer_pb2.PushChunkRequest(checksum=digest.checksum)
+    yield peer_pb2.PushChunkRequest(checksum=digest.checksum).SerializeToString()
 
 
 def send_chunks(
@@ -65,6 +72,7 @@ def send_chunks(
     manifest: snapshot_pb2.NodeManifest,
     executor: Executor,
     timeout: float,
+    pacer: Pacer,
 ) -> tuple[list[snapshot_pb2.ChunkDigest], int]:
     """Push every chunk of this node's blob to its holders; raises on the first failure.
     Returns the chunks' digests and the data bytes streamed."""
@@ -86,7 +94,7 @@ def send_chunks(
             )
             digest = snapshot_pb2.ChunkDigest(stripe=stripe, length=end - start)
             client = clients.get(cluster.addresses[holder], job_id, cluster.secret)
-            requests = _requests(header, parts, start, end, digest, sent)
+            requests = _requests(header, parts, start, end, digest, sent, pacer)
             futures.append(executor.submit(client.push_chunk, requests, timeout))
             if holder == group.holders(stripe)[0]:
                 digests.append(digest)

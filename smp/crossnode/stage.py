@@ -15,6 +15,7 @@ import grpc
 from smp.errors import BadRequest, PeerUnavailable
 from smp.local import LocalSnapshots
 from smp.peerclient import PeerClient
+from smp.wire import WireError
 
 
 def fetch_slot(
@@ -28,22 +29,22 @@ def fetch_slot(
 ) -> tuple[int, float]:
     """Stream `rank`'s slot of `step` from node `source_node`; (bytes fetched, seconds)."""
     started = time.perf_counter()
-    stream = iter(client.fetch_slot(job_id, rank, step, timeout))
-    first = next(stream, None)
-    if first is None or not first.HasField("header"):
-        raise PeerUnavailable(f"node {source_node} sent no record of rank {rank}, step {step}")
-    record = first.header
+    try:
+        record, pieces = client.fetch_slot(job_id, rank, step, timeout)
+    except (grpc.RpcError, WireError) as exc:
+        raise PeerUnavailable(
+            f"node {source_node} sent no record of rank {rank}, step {step}: {exc}"
+        ) from exc
     target = local.install_targets(job_id, step, [record])[0]
     at, ok = 0, False
     try:
-        for msg in stream:
-            piece = msg.data
+        for piece in pieces:
             if at + len(piece) > len(target):
                 raise BadRequest(f"node {source_node} sent more than the {len(target)} bytes")
             target[at : at + len(piece)] = piece
             at += len(piece)
         ok = at == len(target)
-    except grpc.RpcError as exc:
+    except (grpc.RpcError, WireError) as exc:
         raise PeerUnavailable(f"fetching rank {rank} from node {source_node}: {exc}") from exc
     finally:
         local.finish_install(job_id, step, [record], ok)

@@ -3,6 +3,7 @@ malformed or hostile call leaves the SMP serving and its parity untouched."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smp._proto import peer_pb2, peer_pb2_grpc, snapshot_pb2
 from smp.crossnode.coordinator import CrossNode
+from smp.crossnode.receive import ChunkSink
 from smp.daemon import assemble
 from smp.errors import Conflict, PeerUnavailable
 from smp.jobs import RankInfo
@@ -297,3 +299,39 @@ def test_slow_streams_and_crowds_are_bounded(node: Node) -> None:
     finally:
         channel.close()
         server.stop(0.5)
+
+
+def test_a_reused_cell_is_overwritten_not_zeroed_and_folds_interleaved_pieces(node: Node) -> None:
+    """Cells are double buffered: step 5 lands in step 3's cell, over its stale bytes. The first
+    share to reach a byte overwrites it and later ones XOR in, whatever the interleaving and the
+    pieces' sizes (chunks of different lengths included)."""
+    g = node.replication.member(JOB)
+    assert g is not None and g.holder is not None
+    holder, group = g.holder, g.group
+    stripe = group.parity_cells(1)[0][0]
+    a, b = group.contributors(stripe)
+    manifest = snapshot_pb2.NodeManifest()
+    rng = random.Random(7)
+    for step in (3, 4, 5, 6):
+        da = rng.randbytes(rng.randrange(1000, 5000))
+        db = rng.randbytes(rng.randrange(1000, 5000))
+        sinks = {}
+        for frm, data in ((a, da), (b, db)):
+            cell, epoch = holder.begin(step, stripe, frm, len(data), manifest, None)
+            sinks[frm] = (ChunkSink(holder, cell, epoch, step, frm, stripe, len(data)), data)
+        at = {a: 0, b: 0}
+        while any(at[n] < len(sinks[n][1]) for n in at):
+            frm = rng.choice([n for n in at if at[n] < len(sinks[n][1])])
+            sink, data = sinks[frm]
+            n = rng.randrange(1, 700)
+            sink.write(memoryview(data)[at[frm] : at[frm] + n])
+            at[frm] = min(at[frm] + n, len(data))
+        for sink, data in sinks.values():
+            sink.finish(xxhash.xxh3_64_intdigest(data))
+        cell = holder.cell(step, stripe)
+        assert cell is not None and cell.arena is not None
+        width = max(len(da), len(db))
+        want = bytes(
+            x ^ y for x, y in zip(da.ljust(width, b"\0"), db.ljust(width, b"\0"), strict=True)
+        )
+        assert bytes(cell.arena.view(cell.length)) == want, step
