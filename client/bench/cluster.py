@@ -508,11 +508,12 @@ def run_cluster(
     settings = settings_for(nodes, group, parities, tls)
     print(
         f"SMPs on loopback, one job, S = {size / 2**20:.0f} MiB per node, {repeats} snapshots per "
-        "setting (median); raw TCP and plain gRPC move the same bytes alongside"
+        "setting (median); raw TCP and plain gRPC move the same bytes alongside",
+        flush=True,
     )
     results = [run_setting(root, st, size, repeats, limit) for st in settings]
     print(render(results))
-    print(LEGEND)
+    print(LEGEND, flush=True)
     extra: list[Figures] = []
     if scaling:
         runs = [run_setting(root, Setting(n, min(4, n), 1), size, repeats, limit, False)
