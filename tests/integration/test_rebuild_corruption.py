@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 
 from ecsnap.arena import MappedArena
-from ecsnap.bench.cluster import NODES, Node, configure, save_everywhere
+from ecsnap.bench.cluster import Node, Setting, configure, save_everywhere
 from ecsnap.errors import SnapshotError
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 SIZE = 2 << 20
+NODES = 4
 STEP = 1
 
 
 @pytest.fixture
 def nodes(workdir: Path) -> Iterator[list[Node]]:
-    started = [Node(workdir, i, "64M") for i in range(NODES)]
+    started = [Node(workdir, i, "64M", ()) for i in range(NODES)]
     try:
         yield started
     finally:
@@ -37,8 +38,8 @@ def run(nodes: list[Node], m: int) -> tuple[list[np.ndarray], Node]:
     fill = [rng.integers(0, 256, SIZE, dtype=np.uint8) for _ in range(NODES)]
     for n in nodes:
         n.start()
-        n.join(job)
-    configure(nodes, m)
+        n.join(job, NODES)
+    configure(nodes, Setting(NODES, NODES, m))
     save_everywhere(nodes, STEP, SIZE, fill)
     smp0 = nodes[0].smp
     assert smp0 is not None
@@ -51,8 +52,8 @@ def run(nodes: list[Node], m: int) -> tuple[list[np.ndarray], Node]:
     lost.close()
     lost.start(generation=1)
     for n in nodes:
-        n.join(job)
-    configure(nodes, m)
+        n.join(job, NODES)
+    configure(nodes, Setting(NODES, NODES, m))
     return fill, lost
 
 
