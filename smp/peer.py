@@ -195,11 +195,11 @@ class PeerServicer:
         )
         table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for name, kind, parse, serialize in (
-            ("Info", unary, tolerant(peer_pb2.InfoRequest), _serialize),
-            ("PushChunk", stream_in, None, _serialize),
-            ("Protected", unary, tolerant(peer_pb2.ProtectedRequest), _serialize),
-            ("StepFailed", unary, tolerant(peer_pb2.StepFailedRequest), _serialize),
-            ("JobState", unary, tolerant(peer_pb2.JobStateRequest), _serialize),
+            ("Info", unary, tolerant(peer_pb2.InfoRequest), wire.serialize_any),
+            ("PushChunk", stream_in, None, wire.serialize_any),
+            ("Protected", unary, tolerant(peer_pb2.ProtectedRequest), wire.serialize_any),
+            ("StepFailed", unary, tolerant(peer_pb2.StepFailedRequest), wire.serialize_any),
+            ("JobState", unary, tolerant(peer_pb2.JobStateRequest), wire.serialize_any),
             ("FetchCell", stream_out, tolerant(peer_pb2.FetchCellRequest), wire.serialize_any),
             ("FetchSlot", stream_out, tolerant(peer_pb2.FetchSlotRequest), wire.serialize_any),
         ):
@@ -207,11 +207,6 @@ class PeerServicer:
                 getattr(self, name), request_deserializer=parse, response_serializer=serialize
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, table)
-
-
-def _serialize(message: Any) -> bytes:
-    out: bytes = message.SerializeToString()
-    return out
 
 
 class PeerServer:
