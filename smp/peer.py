@@ -194,17 +194,19 @@ class PeerServicer:
             grpc.unary_stream_rpc_method_handler,
         )
         table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        for name, kind, parse, serialize in (
-            ("Info", unary, tolerant(peer_pb2.InfoRequest), wire.serialize_any),
-            ("PushChunk", stream_in, None, wire.serialize_any),
-            ("Protected", unary, tolerant(peer_pb2.ProtectedRequest), wire.serialize_any),
-            ("StepFailed", unary, tolerant(peer_pb2.StepFailedRequest), wire.serialize_any),
-            ("JobState", unary, tolerant(peer_pb2.JobStateRequest), wire.serialize_any),
-            ("FetchCell", stream_out, tolerant(peer_pb2.FetchCellRequest), wire.serialize_any),
-            ("FetchSlot", stream_out, tolerant(peer_pb2.FetchSlotRequest), wire.serialize_any),
+        for name, kind, parse in (
+            ("Info", unary, tolerant(peer_pb2.InfoRequest)),
+            ("PushChunk", stream_in, None),
+            ("Protected", unary, tolerant(peer_pb2.ProtectedRequest)),
+            ("StepFailed", unary, tolerant(peer_pb2.StepFailedRequest)),
+            ("JobState", unary, tolerant(peer_pb2.JobStateRequest)),
+            ("FetchCell", stream_out, tolerant(peer_pb2.FetchCellRequest)),
+            ("FetchSlot", stream_out, tolerant(peer_pb2.FetchSlotRequest)),
         ):
             table[name] = kind(
-                getattr(self, name), request_deserializer=parse, response_serializer=serialize
+                getattr(self, name),
+                request_deserializer=parse,
+                response_serializer=wire.serialize_any,
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, table)
 
