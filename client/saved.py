@@ -117,7 +117,8 @@ class MappedSnapshot:
     def __init__(self, opened: Opened) -> None:
         self.manifest = snapshot_pb2.Manifest()
         self.manifest.ParseFromString(opened.manifest)
-        self._arena = MappedArena(opened.path, os.stat(opened.path).st_size)
+        # Read once, so mapped lazily; only the snapshot's own pages are ever touched.
+        self._arena = MappedArena(opened.path, os.stat(opened.path).st_size, populate=False)
         self.saved = saved_tensors(self.manifest, self._arena.tensor)
 
     def tree(self) -> dict[str, tuple[str, Any]]:
@@ -125,7 +126,9 @@ class MappedSnapshot:
 
     def close(self) -> None:
         self.saved = []
-        self._arena.close()  # nothing restored refers to the arena: the loader copies or clones
+        # Nothing restored refers to the arena (the loader copies or clones), and nothing waits
+        # for the unmap.
+        self._arena.close(background=True)
 
     def __enter__(self) -> MappedSnapshot:
         return self
