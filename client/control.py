@@ -25,6 +25,10 @@ class SMPInfo:
     store_dir: str
     codec_engine: str
     pid: int
+    # The durable tier the SMP offers jobs that choose none (`smp serve --persist-to`).
+    persist_to: str = ""
+    persist_every: int = 0
+    persist_keep: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,16 @@ class ControlClient:
                 session=self.session,
             ),
         ).register
-        return SMPInfo(r.smp_version, r.grpc_address, r.store_dir, r.codec_engine, r.smp_pid)
+        return SMPInfo(
+            r.smp_version,
+            r.grpc_address,
+            r.store_dir,
+            r.codec_engine,
+            r.smp_pid,
+            r.persist_to,
+            r.persist_every,
+            r.persist_keep,
+        )
 
     def configure(
         self,
@@ -264,6 +277,23 @@ class ControlClient:
     def retain(self, ranks: Sequence[int]) -> None:
         """This node's ranks of the job are `ranks` (others' snapshots go at the next commit)."""
         self._call("retain", pb.RetainRequest(ranks=list(ranks)))
+
+    def persist_report(
+        self, target: str, step: int | None, nbytes: int, seconds: float, error: str, tried: int
+    ) -> None:
+        """Tell the SMP how the job's last persistence round went (for `smp status`)."""
+        self._call(
+            "persist_report",
+            pb.PersistReportRequest(
+                target=target,
+                has_step=step is not None,
+                step=step or 0,
+                bytes=nbytes,
+                seconds=seconds,
+                error=error,
+                attempted_step=tried,
+            ),
+        )
 
     def forget(self) -> int:
         """Delete the job's snapshots and parity from this SMP; the bytes freed."""

@@ -102,6 +102,17 @@ def same_layout(meta: snapshot_pb2.DTensorMeta, live: DTensor) -> bool:
     )
 
 
+def shape_problem(path: str, meta: snapshot_pb2.DTensorMeta, live: DTensor) -> str:
+    """Why a saved DTensor cannot fill `live`, of another global shape ("" if the shapes agree)."""
+    now = describe(live)
+    if list(meta.global_shape) == list(now.global_shape):
+        return ""
+    return (
+        f"{path}: saved with global shape {list(meta.global_shape)}, the live DTensor has "
+        f"{list(now.global_shape)}: restore into the same model"
+    )
+
+
 def layout_text(meta: snapshot_pb2.DTensorMeta) -> str:
     placements = ", ".join(str(placement_of(p)) for p in meta.placements)
     return (
@@ -153,13 +164,17 @@ def rebuild(local: torch.Tensor, meta: snapshot_pb2.DTensorMeta, mesh: DeviceMes
     return out
 
 
-def offline_mesh(meta: snapshot_pb2.DTensorMeta, device_type: str = "cpu") -> DeviceMesh:
+def offline_mesh(
+    meta: snapshot_pb2.DTensorMeta, device_type: str = "cpu", rank: int | None = None
+) -> DeviceMesh:
     """A mesh with the saved shape and ranks but no process groups: enough for DCP to place the
-    local shards of a snapshot read back from the arenas (export), never for communication."""
+    local shards of a snapshot read back from the arenas (export, the durable tier), never for
+    communication. `rank`: whose shards they are (default: this process's rank)."""
     ranks = torch.tensor(list(meta.mesh_ranks), dtype=torch.int).view(*meta.mesh_shape)
     return DeviceMesh(
         device_type,
         ranks,
         mesh_dim_names=tuple(meta.mesh_dim_names) or None,
         _init_backend=False,
+        _rank=rank,
     )

@@ -21,15 +21,15 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ecsnap import dtensors
-from ecsnap.control import ControlClient
 from ecsnap.errors import EcsnapError, SnapshotError
 from ecsnap.fqn import canonical
+from ecsnap.group import JobGroup
+from ecsnap.pins import Pins
 from ecsnap.restorer import agreed_steps, open_agreed
-from ecsnap.saved import MappedSnapshot, Saved
+from ecsnap.saved import MappedSnapshot, Saved, Snapshot
 from ecsnap.session import Session
 from smp._proto import snapshot_pb2
 
@@ -40,28 +40,33 @@ class ExportError(SnapshotError):
     """An export to DCP could not be written."""
 
 
-def _resolve(value: Any, meshes: dict[tuple[Any, ...], Any], path: str) -> Any:
-    """The saved tree with every `Saved` as a tensor over the arena (DTensors rebuilt)."""
+def _resolve(
+    value: Any, meshes: dict[tuple[Any, ...], Any], path: str, origin: dict[int, Saved]
+) -> Any:
+    """The saved tree with every `Saved` as a tensor over the arena (DTensors rebuilt); `origin`
+    maps each such tensor's id to its `Saved`."""
     if isinstance(value, Saved):
-        if not value.is_dtensor:
-            return value.view
-        meta = value.entry.dtensor
-        if any(p.kind == snapshot_pb2.Placement.PARTIAL for p in meta.placements):
-            raise ExportError(
-                f"{path} is a Partial DTensor (pending reduction): DCP cannot write it; "
-                "redistribute it to Shard or Replicate placements before saving"
-            )
-        key = (tuple(meta.mesh_shape), tuple(meta.mesh_ranks), tuple(meta.mesh_dim_names))
-        mesh = meshes.get(key)
-        if mesh is None:
-            mesh = meshes[key] = dtensors.offline_mesh(meta)
-        return dtensors.rebuild(value.view, meta, mesh)
+        out: Any = value.view
+        if value.is_dtensor:
+            meta = value.entry.dtensor
+            if any(p.kind == snapshot_pb2.Placement.PARTIAL for p in meta.placements):
+                raise ExportError(
+                    f"{path} is a Partial DTensor (pending reduction): DCP cannot write it; "
+                    "redistribute it to Shard or Replicate placements before saving"
+                )
+            key = (tuple(meta.mesh_shape), tuple(meta.mesh_ranks), tuple(meta.mesh_dim_names))
+            mesh = meshes.get(key)
+            if mesh is None:
+                mesh = meshes[key] = dtensors.offline_mesh(meta)
+            out = dtensors.rebuild(value.view, meta, mesh)
+        origin[id(out)] = value
+        return out
     if isinstance(value, dict):
-        return {k: _resolve(v, meshes, f"{path}/{k}") for k, v in value.items()}
+        return {k: _resolve(v, meshes, f"{path}/{k}", origin) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, meshes, f"{path}/{i}") for i, v in enumerate(value)]
+        return [_resolve(v, meshes, f"{path}/{i}", origin) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        items = [_resolve(v, meshes, f"{path}/{i}") for i, v in enumerate(value)]
+        items = [_resolve(v, meshes, f"{path}/{i}", origin) for i, v in enumerate(value)]
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
@@ -80,16 +85,18 @@ def _fqn_keyed(osd: Mapping[str, Any], fqns: list[str], key: str) -> Mapping[str
     return {"state": state, "param_groups": groups}
 
 
-def dcp_state_dict(snapshot: MappedSnapshot) -> dict[str, Any]:
+def dcp_state_dict(snapshot: Snapshot, origin: dict[int, Saved] | None = None) -> dict[str, Any]:
     """The DCP state dict of one rank's snapshot: what `dcp.save(app_state)` would have written
-    at that step, with FQN-keyed module and optimizer entries."""
+    at that step, with FQN-keyed module and optimizer entries. `origin`, if given, is filled
+    with the id of every tensor of the result -> the `Saved` it views."""
     manifest: snapshot_pb2.Manifest = snapshot.manifest
     modules = {m.key: m for m in manifest.modules}
     optimizers = {o.key: o for o in manifest.optimizers}
     meshes: dict[tuple[Any, ...], Any] = {}
+    origin = {} if origin is None else origin
     out: dict[str, Any] = {}
     for key, (_kind, value) in snapshot.tree().items():
-        value = _resolve(value, meshes, key)
+        value = _resolve(value, meshes, key, origin)
         if key in modules and isinstance(value, Mapping):
             ddp = modules[key].ddp
             value = {canonical(name, ddp): v for name, v in value.items()}
@@ -102,10 +109,10 @@ def dcp_state_dict(snapshot: MappedSnapshot) -> dict[str, Any]:
 class Exports:
     """At most one export in flight per Snapshotter; a failure is raised by the next call."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, pins: Pins) -> None:
         self._session = session
-        self._group: Any = None  # the exports' own gloo group (collective to create, once)
-        self._client: ControlClient | None = None
+        self._pins = pins
+        self._group: JobGroup | None = None  # the exports' own (collective to create, once)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -117,10 +124,8 @@ class Exports:
     def start(self, path: Any, step: int | None, verify: bool, wait: bool) -> int:
         self.wait(None)  # one export at a time; raises an earlier one's failure
         s = self._session
-        if self._group is None and dist.is_available() and dist.is_initialized():
-            self._group = dist.new_group(backend="gloo")
-        if self._client is None:
-            self._client = ControlClient(s.socket, s.job_id, s.timeout, job_key=s.job_key)
+        if self._group is None:
+            self._group = JobGroup.dedicated()
         steps = agreed_steps(s)
         if step is not None:
             steps = [x for x in steps if x == step]
@@ -132,13 +137,16 @@ class Exports:
             raise ExportError("nothing to export")
         chosen, opened = found
         error = ""
+        pinned = False
         try:
-            self._client.pin(s.rank, chosen, True)
+            self._pins.pin(chosen)
+            pinned = True
         except EcsnapError as exc:
             error = str(exc)
         failed = [f"rank {r}: {e}" for r, e in s.all_gather((s.rank, error)) if e]
         if failed:
-            self._unpin(chosen)
+            if pinned:
+                self._pins.unpin(chosen)
             raise ExportError(f"cannot pin step {chosen} for the export: " + "; ".join(failed))
         thread = threading.Thread(
             target=self._write, args=(path, chosen, opened), name="ecsnap-export", daemon=True
@@ -154,21 +162,15 @@ class Exports:
             with MappedSnapshot(opened) as snapshot, warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*assuming the intent is to save.*")
                 state = dcp_state_dict(snapshot)
-                dcp_save(state, checkpoint_id=path, process_group=self._group)
+                group = self._group.gloo if self._group is not None else None
+                dcp_save(state, checkpoint_id=path, process_group=group)
                 del state
             logger.info("rank %d: exported step %d to %s", self._session.rank, step, path)
         except BaseException as exc:  # noqa: BLE001 - reported by the next call
             logger.error("rank %d: export of step %d failed: %s", self._session.rank, step, exc)
             self._error = exc
         finally:
-            self._unpin(step)
-
-    def _unpin(self, step: int) -> None:
-        try:
-            if self._client is not None:
-                self._client.pin(self._session.rank, step, False)
-        except EcsnapError as exc:  # the pin lapses on its own
-            logger.warning("rank %d: releasing step %d failed: %s", self._session.rank, step, exc)
+            self._pins.unpin(step)
 
     def wait(self, timeout: float | None) -> None:
         thread = self._thread
@@ -180,9 +182,4 @@ class Exports:
         self._raise_pending()
 
     def close(self, timeout: float) -> None:
-        try:
-            self.wait(timeout)
-        finally:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        self.wait(timeout)

@@ -44,6 +44,19 @@ class JobGroup:
             gloo = dist.new_group(ranks=ranks, backend="gloo")
         return cls(gloo, world, distributed=True)
 
+    @classmethod
+    def dedicated(cls) -> JobGroup:
+        """Collective: a gloo group of every rank for one background thread's collectives (the
+        job's own group serves the training thread; two threads must never share a group)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls(None, 1, distributed=False)
+        return cls(dist.new_group(backend="gloo"), dist.get_world_size(), distributed=True)
+
+    @property
+    def gloo(self) -> Any:
+        """The torch process group (None: the default group, or no torch.distributed)."""
+        return self._gloo
+
     def all_gather(self, obj: Any) -> list[Any]:
         if not self.distributed:
             return [obj]

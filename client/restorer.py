@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from ecsnap import topology
-from ecsnap.control import Opened
-from ecsnap.env import drawn_run_id
+from ecsnap.control import ControlClient, Opened, RebuildInfo
+from ecsnap.env import RankEnv, drawn_run_id
 from ecsnap.errors import EcsnapError, RestoreError
 from ecsnap.loader import prepare
 from ecsnap.saved import MappedSnapshot
 from ecsnap.session import Session
+from smp.layout import Layout
 
 logger = logging.getLogger(__name__)
 
 
-def agreed_steps(session: Session) -> list[int]:
+class Ranks(Protocol):
+    """What the agreement on a step needs: a `Session`, or a background reader's own client and
+    process group (`durable.persister`)."""
+
+    client: ControlClient
+    env: RankEnv
+    layout: Layout
+
+    @property
+    def rank(self) -> int: ...
+
+    def all_gather(self, obj: Any) -> list[Any]: ...
+
+    def rebuild_if_lost(self) -> RebuildInfo | None: ...
+
+
+def agreed_steps(session: Ranks) -> list[int]:
     """Collective: the steps every rank holds complete, saved by a job of this world size
     (committed ones only, across nodes), newest first; raises RestoreError on every rank if any
     rank could not list its steps."""
@@ -54,7 +71,7 @@ def agreed_steps(session: Session) -> list[int]:
     return sorted(common, reverse=True)
 
 
-def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, Opened] | None:
+def open_agreed(session: Ranks, steps: list[int], verify: bool) -> tuple[int, Opened] | None:
     """Collective: open the newest of `steps` that every rank can open (checksums verified).
 
     Across nodes, a copy that fails verification is dropped by its SMP, which then rebuilds it
@@ -89,8 +106,15 @@ def open_agreed(session: Session, steps: list[int], verify: bool) -> tuple[int, 
     return None
 
 
-def restore(session: Session, app_state: MutableMapping[str, Any], verify: bool) -> int | None:
-    """Collective: load the newest step every rank can restore; None if there is none.
+def restore(
+    session: Session,
+    app_state: MutableMapping[str, Any],
+    verify: bool,
+    announce: str | None = "",
+) -> int | None:
+    """Collective: load the newest step every rank can restore; None if there is none, logged
+    as a fresh start with `announce` appended (None: not logged: the caller has another source
+    to try).
 
     The ranks first look on their own SMPs. When that finds nothing (the job's ranks moved to
     other nodes, or it has another world size), they look on every node's SMP (`topology`)."""
@@ -101,7 +125,8 @@ def restore(session: Session, app_state: MutableMapping[str, Any], verify: bool)
         if choice is None:
             if elsewhere.committed is not None:
                 raise RestoreError(elsewhere.incomplete(elsewhere.committed))
-            _fresh_start(session, elsewhere)
+            if announce is not None:
+                _fresh_start(session, elsewhere, announce)
             return None
         step, old_world = choice
         return topology.restore_moved(session, app_state, elsewhere, step, old_world, verify)
@@ -123,16 +148,17 @@ def restore(session: Session, app_state: MutableMapping[str, Any], verify: bool)
     return step
 
 
-def _fresh_start(session: Session, found: topology.Survey) -> None:
+def _fresh_start(session: Session, found: topology.Survey, note: str) -> None:
     if session.rank != 0:
         return
     if found.holders:
         steps = sorted({step for _, step in found.holders})
         logger.warning(
             "job %s: the SMPs hold snapshots of steps %s, but none complete for every rank of "
-            "a job (and committed, across nodes): starting fresh",
+            "a job (and committed, across nodes)%s: starting fresh",
             session.job_id,
             steps,
+            note,
         )
     else:
         drawn = (
@@ -144,7 +170,8 @@ def _fresh_start(session: Session, found: topology.Survey) -> None:
         )
         logger.warning(
             "job %s: no SMP of the job holds a snapshot of it (a new job, or its snapshots were "
-            "forgotten or lost): starting fresh.%s",
+            "forgotten or lost)%s: starting fresh.%s",
             session.job_id,
+            note,
             drawn,
         )

@@ -111,8 +111,19 @@ class _Unpickler(SafeUnpickler):
         return self._saved[index]
 
 
-class MappedSnapshot:
-    """An opened snapshot mapped into this process: its manifest and tensors as arena views."""
+class Snapshot:
+    """A snapshot read back: its manifest, its tensors as views of a byte buffer that holds it,
+    and the saved tree over them."""
+
+    manifest: snapshot_pb2.Manifest
+    saved: list[Saved]
+
+    def tree(self) -> dict[str, tuple[str, Any]]:
+        return unflatten(self.manifest, self.saved)
+
+
+class MappedSnapshot(Snapshot):
+    """An opened snapshot mapped into this process: its tensors are views of the SMP's arena."""
 
     def __init__(self, opened: Opened) -> None:
         self.manifest = snapshot_pb2.Manifest()
@@ -121,8 +132,12 @@ class MappedSnapshot:
         self._arena = MappedArena(opened.path, os.stat(opened.path).st_size, populate=False)
         self.saved = saved_tensors(self.manifest, self._arena.tensor)
 
-    def tree(self) -> dict[str, tuple[str, Any]]:
-        return unflatten(self.manifest, self.saved)
+    def copy_to(self, buffer: torch.Tensor) -> BufferSnapshot:
+        """The snapshot copied into `buffer` (uint8, at least `manifest.nbytes` long): a copy
+        that stays valid once the SMP reuses the slot."""
+        n = self.manifest.nbytes
+        buffer[:n].copy_(self._arena.tensor[:n])
+        return BufferSnapshot(self.manifest, buffer)
 
     def close(self) -> None:
         self.saved = []
@@ -135,6 +150,15 @@ class MappedSnapshot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BufferSnapshot(Snapshot):
+    """A snapshot whose bytes lie in a buffer of this process (staged for the durable tier, or
+    read back from it)."""
+
+    def __init__(self, manifest: snapshot_pb2.Manifest, buffer: torch.Tensor) -> None:
+        self.manifest = manifest
+        self.saved = saved_tensors(manifest, buffer)
 
 
 def unflatten(manifest: snapshot_pb2.Manifest, saved: list[Saved]) -> dict[str, tuple[str, Any]]:

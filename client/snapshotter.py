@@ -10,19 +10,24 @@ SMP has a free slot, so all ranks save or all skip the same step.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ecsnap import exporter, restorer
+from ecsnap import exporter
 from ecsnap.arena import MappedArena
 from ecsnap.control import Grant, RebuildInfo, SMPInfo
 from ecsnap.copier import Copier
+from ecsnap.durable.policy import PersistPolicy, PersistSettings
+from ecsnap.durable.tier import DurableTier
 from ecsnap.env import RankEnv, job_id_from, job_key_from, layout_from, socket_from
 from ecsnap.errors import EcsnapError, SnapshotError
 from ecsnap.fences import fenced_storages, owners
 from ecsnap.flatten import flatten
 from ecsnap.handle import SaveHandle
+from ecsnap.pins import Pins
+from ecsnap.recovery import RestoreInfo, recover
 from ecsnap.session import Session, current_env
 from smp.layout import Layout
 
@@ -50,6 +55,10 @@ class Snapshotter:
     job_key: the job's key on its SMPs (at least 16 bytes; every rank and every relaunch of the
       job must give the same); default $ECSNAP_JOB_KEY, else the file $ECSNAP_JOB_KEY_FILE, else
       none. The first registration binds the job id to it: other jobs cannot read or change it.
+    persist_to, persist_every, persist_seconds, persist_keep, persist_keep_every,
+      persist_bandwidth: the durable tier (`ecsnap.durable.policy`): committed snapshots written
+      as DCP checkpoints in the background, restored when memory cannot; default
+      $ECSNAP_PERSIST_TO etc., else what the SMP offers (`smp serve --persist-to`), else off.
     """
 
     ON_BUSY = ON_BUSY
@@ -67,6 +76,12 @@ class Snapshotter:
         placement: str | None = None,
         on_busy: str = "skip",
         job_key: str | bytes | None = None,
+        persist_to: str | os.PathLike[str] | None = None,
+        persist_every: int | None = None,
+        persist_seconds: float | None = None,
+        persist_keep: int | None = None,
+        persist_keep_every: int | None = None,
+        persist_bandwidth: str | float | None = None,
     ) -> None:
         self.on_busy = _check_on_busy(on_busy)
         self.job_id = job_id_from(job_id)
@@ -80,7 +95,18 @@ class Snapshotter:
             self.job_id, self.socket, timeout, process_group, env, self.layout, key
         )
         self._copier = Copier(self._session.worker, env.rank)
-        self._exports = exporter.Exports(self._session)
+        self._pins = Pins(self._session)
+        self._exports = exporter.Exports(self._session, self._pins)
+        persist = PersistSettings(
+            persist_to,
+            persist_every,
+            persist_seconds,
+            persist_keep,
+            persist_keep_every,
+            persist_bandwidth,
+        )
+        self._durable = DurableTier(self._session, self._pins, persist)
+        self.last_restore: RestoreInfo | None = None
         self._arenas: dict[int, MappedArena] = {}
         self._closed = False
         self.skipped = 0  # saves skipped because no slot was free (previous step not committed)
@@ -107,6 +133,16 @@ class Snapshotter:
         return self._session.last_rebuild
 
     @property
+    def persisted(self) -> int | None:
+        """The newest step complete in the durable tier (None: none, or no durable tier)."""
+        return self._durable.persisted
+
+    @property
+    def persist_policy(self) -> PersistPolicy | None:
+        """The durable tier in use (known once restore() or save() met the SMPs)."""
+        return self._durable.policy
+
+    @property
     def fence_wait_s(self) -> float:
         """Total time the optimizer/module fences waited for background copies."""
         return self._copier.fence_wait_s
@@ -128,25 +164,42 @@ class Snapshotter:
         start = time.perf_counter()
         self._copier.finish_inflight()
         self._copier.raise_pending()
-        self._session.join()
+        self._join()
         if self.layout.protected and not self._session.slot_free_everywhere(busy):
             return self._skip(step)
         modules, optimizers = owners(app_state)
         self._copier.fences.install(modules, optimizers)
         e = self.env
         flat = flatten(app_state, fenced_storages(modules, optimizers), e.rank, e.world_size)
-        try:
-            grant = self._session.client.begin_save(e.rank, step, max(flat.nbytes, 1))
-        except SnapshotError as exc:
-            if exc.code != "BUSY":
-                raise
-            logger.info("rank %d: step %d skipped: %s", e.rank, step, exc)
+        grant = self._begin(step, max(flat.nbytes, 1), busy)
+        if grant is None:
             return self._skip(step)
         self._skipped_in_a_row = 0
         handle = SaveHandle(step, flat.nbytes, self._session.wait_committed)
         self._copier.start(handle, flat, self._map(grant), grant)
+        self._durable.submit(handle)
         handle.blocked_s = time.perf_counter() - start
         return handle
+
+    def _begin(self, step: int, nbytes: int, busy: str) -> Grant | None:
+        """A slot for `step`; None when every slot must be kept (the committed step, a step an
+        export or the durable tier is reading) and `busy` is "skip". With "wait", waits for one
+        up to `timeout` (then TimeoutError)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._session.client.begin_save(self.rank, step, nbytes)
+            except SnapshotError as exc:
+                if exc.code != "BUSY":
+                    raise
+                if busy == "skip":
+                    logger.info("rank %d: step %d skipped: %s", self.rank, step, exc)
+                    return None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {self.timeout}s for a free slot for step {step}: {exc}"
+                    ) from exc
+            time.sleep(0.005)
 
     def _skip(self, step: int) -> SaveHandle:
         self.skipped += 1
@@ -160,7 +213,9 @@ class Snapshotter:
                 step,
                 n,
             )
-        return SaveHandle.skipped_step(step, self._session.wait_committed)
+        handle = SaveHandle.skipped_step(step, self._session.wait_committed)
+        self._durable.submit(handle)
+        return handle
 
     def _map(self, grant: Grant) -> MappedArena:
         arena = self._arenas.get(grant.slot)
@@ -181,15 +236,16 @@ class Snapshotter:
     # -- restore and export ---------------------------------------------------------------------
 
     def restore(self, app_state: MutableMapping[str, Any]) -> int | None:
-        """Load the newest step every rank can restore into `app_state`; None if there is none."""
+        """Load the newest step every rank can restore into `app_state`; None if there is none.
+        From the SMPs' memory (rebuilding a lost node from its peers first), else from the
+        durable tier; `last_restore` says which, and why."""
         self._check_open()
         self._copier.finish_inflight()
-        self._session.join()
-        if self.layout.protected:
-            self._session.rebuild_if_lost()
-        step = restorer.restore(self._session, app_state, self.verify)
+        self._join()
+        info = recover(self._session, app_state, self.verify, self._durable.store)
+        self.last_restore = info
         self._session.retain()
-        return step
+        return info.step
 
     def export_dcp(self, path: Any, step: int | None = None, *, wait: bool = True) -> int:
         """Collective: write the newest committed step (or `step`) from the SMPs' memory as a
@@ -199,7 +255,7 @@ class Snapshotter:
         `wait_export`); training may go on meanwhile."""
         self._check_open()
         self._copier.finish_inflight()
-        self._session.join()
+        self._join()
         if self.layout.protected:
             self._session.rebuild_if_lost()
         return self._exports.start(path, step, self.verify, wait)
@@ -214,10 +270,15 @@ class Snapshotter:
         afterwards: they start a new history."""
         self._check_open()
         self._copier.finish_inflight()
-        self._session.join()
+        self._join()
         return self._session.forget()
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def _join(self) -> None:
+        """Collective, once: meet the job's SMPs, settle the durable tier."""
+        self._session.join()
+        self._durable.join()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -232,7 +293,9 @@ class Snapshotter:
         try:
             self._copier.close(timeout)
             self._exports.close(timeout)
+            self._durable.close(timeout)
         finally:
+            self._pins.close()
             self._session.close()
             for arena in self._arenas.values():
                 arena.close()

@@ -203,11 +203,9 @@ class Resharder:
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
         """(copies into the live local shard, "" ) or ([], the problem)."""
         meta, now = saved.entry.dtensor, dtensors.describe(live)
-        if list(meta.global_shape) != list(now.global_shape):
-            return [], (
-                f"{path}: saved with global shape {list(meta.global_shape)}, the live DTensor "
-                f"has {list(now.global_shape)}: restore into the same model"
-            )
+        problem = dtensors.shape_problem(path, meta, live)
+        if problem:
+            return [], problem
         kinds = {p.kind for p in (*meta.placements, *now.placements)}
         if not kinds <= {Kind.SHARD, Kind.REPLICATE}:
             return [], (

@@ -161,6 +161,28 @@ SETTINGS: tuple[Setting, ...] = (
         "rate",
         launch="--parity-bandwidth",
     ),
+    Setting(
+        "persist_to",
+        "SMP_PERSIST_TO",
+        "durable tier for every job of this SMP that chooses none itself: a directory (local "
+        "disk, NFS, Lustre; shared by the job's nodes) or an fsspec URL; a job persists to "
+        "<it>/<job id> (default: none)",
+        launch="--persist-to",
+    ),
+    Setting(
+        "persist_every",
+        "SMP_PERSIST_EVERY",
+        "with --persist-to: persist a job's committed snapshot every N steps (default 100)",
+        "int",
+        launch="--persist-every",
+    ),
+    Setting(
+        "persist_keep",
+        "SMP_PERSIST_KEEP",
+        "with --persist-to: the persisted steps kept per job (default 3)",
+        "int",
+        launch="--persist-keep",
+    ),
 )
 SETTING = {s.name: s for s in SETTINGS}
 ENV_SMP_CONFIG = SETTING["config"].env
@@ -210,6 +232,9 @@ class ServeConfig:
     peer_idle_timeout: float = 30.0
     peer_calls_per_client: int = 64
     parity_bandwidth: float | None = None  # bytes/s of parity sent; None: unlimited
+    persist_to: str = ""  # the durable tier offered to jobs that choose none ("": none)
+    persist_every: int = 100
+    persist_keep: int = 3
 
     def __post_init__(self) -> None:
         if self.job_ttl is not None and self.job_ttl <= 0:
@@ -241,6 +266,12 @@ class ServeConfig:
         if self.peer_calls_per_client < 1:
             raise ConfigError(
                 f"--peer-calls-per-client must be at least 1, got {self.peer_calls_per_client}"
+            )
+        if self.persist_every < 1:
+            raise ConfigError(f"--persist-every must be at least 1 step, got {self.persist_every}")
+        if self.persist_keep < 1:
+            raise ConfigError(
+                f"--persist-keep must be at least 1 (the newest step), got {self.persist_keep}"
             )
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format {self.log_format!r} is unknown; use text or json")

@@ -179,6 +179,9 @@ class Daemon:
             store_dir=str(self.store.root),
             codec_engine=self.engine,
             smp_pid=os.getpid(),
+            persist_to=self.config.persist_to,
+            persist_every=self.config.persist_every,
+            persist_keep=self.config.persist_keep,
         )
 
     def status(self) -> pb.StatusResponse:
@@ -213,6 +216,13 @@ class Daemon:
                 js.bytes += cluster.parity_bytes
                 if cluster.protected is not None:
                     js.has_protected, js.protected_step = True, cluster.protected
+            if job.persistence is not None:
+                p = job.persistence
+                js.persist_target, js.persist_failures = p.target, p.failures
+                js.persist_error, js.persist_bytes_per_s = p.error, p.bytes_per_s
+                if p.step is not None:
+                    js.has_persisted, js.persisted_step = True, p.step
+                    js.persisted_age_s = max(0.0, now - p.completed_at)
             if job.committed is not None:
                 js.has_committed, js.committed_step = True, job.committed
                 js.committed_age_s = now - job.committed_at if job.committed_at else 0.0

@@ -8,6 +8,7 @@ Domain errors (`SmpError`) become the response's error code and message in `set_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -15,12 +16,14 @@ from typing import Any
 from smp._proto import control_pb2 as pb
 from smp.crossnode.coordinator import CrossNode
 from smp.crossnode.rebuild import RebuildResult
-from smp.errors import SmpError
+from smp.errors import BadRequest, SmpError
 from smp.jobs import CommitState, OpenedSnapshot, RankInfo
 from smp.service import SnapshotService
 
 MAX_WAIT_MS = 10 * 60 * 1000
 MAX_PIN_S = 3600
+MAX_TARGET = 4096  # characters of a persistence target (a path or URL)
+MAX_ERROR = 2000  # characters of a persistence failure kept for status
 Status = Callable[[], pb.StatusResponse]
 Deferred = tuple[Future[Any], Callable[[Any, pb.Response], None]]
 Handler = Callable[[pb.Request, pb.Response], "Deferred | None"]
@@ -62,6 +65,7 @@ class ControlHandlers:
             "locate": self._on_locate,
             "stage": self._on_stage,
             "retain": self._on_retain,
+            "persist_report": self._on_persist_report,
         }
         return {kind: self._admitted(fn) for kind, fn in handlers.items()} | {
             "register": self._on_register,
@@ -225,6 +229,17 @@ class ControlHandlers:
     def _on_retain(self, req: pb.Request, resp: pb.Response) -> None:
         self._service.retain(req.job_id, list(req.retain.ranks))
         resp.retain.SetInParent()
+
+    def _on_persist_report(self, req: pb.Request, resp: pb.Response) -> None:
+        r = req.persist_report
+        if not math.isfinite(r.seconds) or r.seconds < 0:
+            raise BadRequest(f"a persistence round cannot take {r.seconds} seconds")
+        if len(r.target) > MAX_TARGET:
+            raise BadRequest(f"a persistence target of {len(r.target)} characters is too long")
+        rate = r.bytes / r.seconds if r.seconds > 0 else 0.0
+        step = r.step if r.has_step else None
+        self._service.report_persist(req.job_id, r.target, step, rate, r.error[:MAX_ERROR])
+        resp.persist_report.SetInParent()
 
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
         """Every job for the admin token; else only the caller's own job (if it proves it)."""

@@ -90,6 +90,18 @@ class RankInfo:
 
 
 @dataclass
+class Persistence:
+    """The job's durable tier as its ranks last reported it (the SMP writes nothing itself)."""
+
+    target: str = ""
+    step: int | None = None  # newest step complete in the target
+    completed_at: float = 0.0  # wall clock
+    bytes_per_s: float = 0.0
+    failures: int = 0
+    error: str = ""  # the last round's failure; "" after a success
+
+
+@dataclass
 class Job:
     job_id: str
     world_size: int = 0  # 0: not known yet (re-adopted from disk, nobody registered)
@@ -112,6 +124,7 @@ class Job:
     # kept until the job's next commit, never part of this node's blob or its commits.
     foreign: set[int] = field(default_factory=set)
     key: bytes | None = None  # the job key's digest it is bound to (smp.access); None: unbound
+    persistence: Persistence | None = None  # None: the job persists nowhere (or has not said)
 
     def live_ranks(self) -> list[RankState]:
         return [self.ranks[r] for r in sorted(self.ranks) if r not in self.foreign]
@@ -196,6 +209,7 @@ class JobTable:
                     started={},
                     protected_by={},
                     foreign=set(j.foreign),
+                    persistence=replace(j.persistence) if j.persistence else None,
                 )
                 for j in self.jobs.values()
             ]

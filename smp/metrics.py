@@ -24,7 +24,12 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from smp._proto import control_pb2 as pb
@@ -91,7 +96,34 @@ class _StatusCollector(Collector):
             "restart that lost part of it; the next commit restores it)",
             labels=["job"],
         )
+        persisted = GaugeMetricFamily(
+            "ecsnap_job_persisted_step",
+            "Newest step of a job complete in its durable tier (absent until one is)",
+            labels=["job"],
+        )
+        lag = GaugeMetricFamily(
+            "ecsnap_job_persist_lag_steps",
+            "Committed step minus persisted step: how far the durable tier is behind memory",
+            labels=["job"],
+        )
+        rate = GaugeMetricFamily(
+            "ecsnap_job_persist_bytes_per_second",
+            "Write rate of the job's last persisted step",
+            labels=["job"],
+        )
+        failures = CounterMetricFamily(
+            "ecsnap_job_persist_failures",
+            "Persistence rounds of the job that failed (the store refused or was unreachable)",
+            labels=["job"],
+        )
         for job in st.jobs:
+            if job.persist_target:
+                failures.add_metric([job.job_id], job.persist_failures)
+                rate.add_metric([job.job_id], job.persist_bytes_per_s)
+            if job.has_persisted:
+                persisted.add_metric([job.job_id], job.persisted_step)
+                if job.has_committed:
+                    lag.add_metric([job.job_id], job.committed_step - job.persisted_step)
             degraded.add_metric([job.job_id], 1 if job.degraded else 0)
             held.add_metric([job.job_id], job.bytes)
             parity.add_metric([job.job_id], job.parity_bytes)
@@ -102,6 +134,7 @@ class _StatusCollector(Collector):
             if job.has_protected:
                 protected.add_metric([job.job_id], job.protected_step)
         yield from (held, parity, ranks, committed, age, protected, degraded)
+        yield from (persisted, lag, rate, failures)
 
 
 class Metrics:

@@ -143,6 +143,29 @@ def _cluster_line(job: pb.JobStatus) -> str | None:
     return "      " + "   ".join(parts)
 
 
+def _persist_lines(job: pb.JobStatus) -> list[str]:
+    """The job's durable tier: its newest persisted step, the lag behind the committed one, the
+    write rate; a failing store loudly."""
+    if not job.persist_target:
+        return []
+    if job.has_persisted:
+        lag = job.committed_step - job.persisted_step if job.has_committed else 0
+        rate = f", {job.persist_bytes_per_s / 1e6:.0f} MB/s" if job.persist_bytes_per_s else ""
+        line = (
+            f"      persisted step {job.persisted_step} (lag {max(lag, 0)} steps, "
+            f"{_age(job.persisted_age_s)} ago{rate}) to {job.persist_target}"
+        )
+    else:
+        line = f"      persisted: nothing yet, to {job.persist_target}"
+    lines = [line]
+    if job.persist_error:
+        lines.append(
+            f"      PERSIST FAILING ({job.persist_failures} failed rounds so far): "
+            f"{job.persist_error}"
+        )
+    return lines
+
+
 def render(status: pb.StatusResponse, health: str | None = None) -> str:
     grpc_line = f"  gRPC      {status.grpc_address}"
     if health is not None:
@@ -185,6 +208,7 @@ def render(status: pb.StatusResponse, health: str | None = None) -> str:
         cluster = _cluster_line(job)
         if cluster is not None:
             lines.append(cluster)
+        lines.extend(_persist_lines(job))
         lines.append(f"      protects against: {job.protection}")
         if job.degraded:
             lines.append(f"      DEGRADED: {job.degraded}")

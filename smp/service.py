@@ -34,6 +34,7 @@ from smp.jobs import (
     CommitState,
     Job,
     JobTable,
+    Persistence,
     RankInfo,
     RankState,
     Slot,
@@ -284,6 +285,29 @@ class SnapshotService(SnapshotReads):
             job = self._job(job_id)
             if job is not None:
                 job.foreign = set(job.ranks) - set(ranks)
+
+    def report_persist(
+        self, job_id: str, target: str, step: int | None, rate: float, error: str
+    ) -> None:
+        """A persistence round of the job ended: `step` is its newest complete persisted step
+        (None: none yet), written at `rate` bytes/s; `error` says why the round failed."""
+        with self._lock:
+            job = self._job(job_id)
+            if job is None:
+                raise NotFound(f"job {job_id!r} is unknown to this SMP")
+            p = job.persistence = job.persistence or Persistence()
+            p.target = target
+            if step is not None and step != p.step:
+                p.step, p.completed_at = step, time.time()
+                if not error:
+                    p.bytes_per_s = rate
+            if error:
+                p.failures += 1
+                if p.error != error:
+                    logger.error("job %s: persisting to %s failed: %s", job_id, target, error)
+            elif p.error:
+                logger.warning("job %s: persisting to %s works again", job_id, target)
+            p.error = error
 
     # -- commit -------------------------------------------------------------------------------
 

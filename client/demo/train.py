@@ -71,6 +71,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--die-at-step", type=int, default=-1)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1 << 20)
+    p.add_argument(
+        "--step-time", type=float, default=0.0, help="seconds of extra compute per step (a sleep)"
+    )
     return p.parse_args(argv)
 
 
@@ -133,6 +136,7 @@ def _restore(snap: ecsnap.Snapshotter, app_state: dict[str, Any], report: Path) 
                 "seconds": restore_s,
                 "pid": os.getpid(),
                 "rebuilt": bool(snap.last_rebuild and snap.last_rebuild.rebuilt),
+                "source": snap.last_restore.source if snap.last_restore else "none",
             }
         )
     )
@@ -153,6 +157,8 @@ def _train(
     handle = None
     for step in range(start, args.steps):
         loss = trainer.step()
+        if args.step_time:
+            time.sleep(args.step_time)
         losses.write(json.dumps({"step": step, "loss": float(loss.item()).hex()}) + "\n")
         losses.flush()
         # The last step must be protected: wait for a free slot rather than skip it.

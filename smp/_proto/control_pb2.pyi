@@ -84,18 +84,24 @@ class RegisterRequest(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., world_size: _Optional[int] = ..., local_rank: _Optional[int] = ..., local_world_size: _Optional[int] = ..., node_rank: _Optional[int] = ..., num_nodes: _Optional[int] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., session: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("smp_version", "grpc_address", "store_dir", "codec_engine", "smp_pid")
+    __slots__ = ("smp_version", "grpc_address", "store_dir", "codec_engine", "smp_pid", "persist_to", "persist_every", "persist_keep")
     SMP_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STORE_DIR_FIELD_NUMBER: _ClassVar[int]
     CODEC_ENGINE_FIELD_NUMBER: _ClassVar[int]
     SMP_PID_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_TO_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_KEEP_FIELD_NUMBER: _ClassVar[int]
     smp_version: str
     grpc_address: str
     store_dir: str
     codec_engine: str
     smp_pid: int
-    def __init__(self, smp_version: _Optional[str] = ..., grpc_address: _Optional[str] = ..., store_dir: _Optional[str] = ..., codec_engine: _Optional[str] = ..., smp_pid: _Optional[int] = ...) -> None: ...
+    persist_to: str
+    persist_every: int
+    persist_keep: int
+    def __init__(self, smp_version: _Optional[str] = ..., grpc_address: _Optional[str] = ..., store_dir: _Optional[str] = ..., codec_engine: _Optional[str] = ..., smp_pid: _Optional[int] = ..., persist_to: _Optional[str] = ..., persist_every: _Optional[int] = ..., persist_keep: _Optional[int] = ...) -> None: ...
 
 class BeginSaveRequest(_message.Message):
     __slots__ = ("rank", "step", "nbytes", "session")
@@ -381,6 +387,28 @@ class RebuildResponse(_message.Message):
     bytes_fetched: int
     def __init__(self, rebuilt: _Optional[bool] = ..., has_step: _Optional[bool] = ..., step: _Optional[int] = ..., seconds: _Optional[float] = ..., bytes_fetched: _Optional[int] = ...) -> None: ...
 
+class PersistReportRequest(_message.Message):
+    __slots__ = ("target", "has_step", "step", "bytes", "seconds", "error", "attempted_step")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HAS_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    has_step: bool
+    step: int
+    bytes: int
+    seconds: float
+    error: str
+    attempted_step: int
+    def __init__(self, target: _Optional[str] = ..., has_step: _Optional[bool] = ..., step: _Optional[int] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ..., attempted_step: _Optional[int] = ...) -> None: ...
+
+class PersistReportResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -400,7 +428,7 @@ class RankStatus(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotInfo, _Mapping]]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step", "degraded", "idle_s")
+    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step", "degraded", "idle_s", "persist_target", "has_persisted", "persisted_step", "persisted_age_s", "persist_bytes_per_s", "persist_failures", "persist_error")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +446,13 @@ class JobStatus(_message.Message):
     PROTECTED_STEP_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_TARGET_FIELD_NUMBER: _ClassVar[int]
+    HAS_PERSISTED_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    PERSISTED_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_ERROR_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     world_size: int
     num_nodes: int
@@ -435,7 +470,14 @@ class JobStatus(_message.Message):
     protected_step: int
     degraded: str
     idle_s: float
-    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ..., degraded: _Optional[str] = ..., idle_s: _Optional[float] = ...) -> None: ...
+    persist_target: str
+    has_persisted: bool
+    persisted_step: int
+    persisted_age_s: float
+    persist_bytes_per_s: float
+    persist_failures: int
+    persist_error: str
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ..., degraded: _Optional[str] = ..., idle_s: _Optional[float] = ..., persist_target: _Optional[str] = ..., has_persisted: _Optional[bool] = ..., persisted_step: _Optional[int] = ..., persisted_age_s: _Optional[float] = ..., persist_bytes_per_s: _Optional[float] = ..., persist_failures: _Optional[int] = ..., persist_error: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("version", "pid", "socket", "store_dir", "grpc_address", "memory_limit", "memory_used", "store_free", "codec_engine", "uptime_s", "jobs", "jobs_hidden")
@@ -466,7 +508,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., jobs_hidden: _Optional[bool] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "job_key", "admin_token", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain")
+    __slots__ = ("request_id", "job_id", "job_key", "admin_token", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -487,6 +529,7 @@ class Request(_message.Message):
     LOCATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_REPORT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     job_key: bytes
@@ -507,10 +550,11 @@ class Request(_message.Message):
     locate: LocateRequest
     stage: StageRequest
     retain: RetainRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_key: _Optional[bytes] = ..., admin_token: _Optional[bytes] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ..., locate: _Optional[_Union[LocateRequest, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., retain: _Optional[_Union[RetainRequest, _Mapping]] = ...) -> None: ...
+    persist_report: PersistReportRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_key: _Optional[bytes] = ..., admin_token: _Optional[bytes] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ..., locate: _Optional[_Union[LocateRequest, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., retain: _Optional[_Union[RetainRequest, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -529,6 +573,7 @@ class Response(_message.Message):
     LOCATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_REPORT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -547,4 +592,5 @@ class Response(_message.Message):
     locate: LocateResponse
     stage: StageResponse
     retain: RetainResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ..., locate: _Optional[_Union[LocateResponse, _Mapping]] = ..., stage: _Optional[_Union[StageResponse, _Mapping]] = ..., retain: _Optional[_Union[RetainResponse, _Mapping]] = ...) -> None: ...
+    persist_report: PersistReportResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ..., locate: _Optional[_Union[LocateResponse, _Mapping]] = ..., stage: _Optional[_Union[StageResponse, _Mapping]] = ..., retain: _Optional[_Union[RetainResponse, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportResponse, _Mapping]] = ...) -> None: ...
