@@ -22,6 +22,7 @@ class Spec:
     interval: int  # checkpoint after every `interval` steps; 0 = never
     parity: bool = False
     label: str = ""
+    persist: int = 0  # ecsnap: its durable tier persists every `persist` steps; 0 = none
 
     @property
     def disk(self) -> bool:
@@ -46,6 +47,7 @@ def specs(interval: int) -> dict[str, Spec]:
             Spec("ecsnap_n", "ecsnap", n, label=f"ecsnap /{n}"),
             Spec("ecsnap_parity", "ecsnap", 1, parity=True, label="ecsnap+parity /1"),
             Spec("ecsnap_parity_n", "ecsnap", n, parity=True, label=f"ecsnap+parity /{n}"),
+            Spec("ecsnap_persist", "ecsnap", 1, persist=n, label=f"ecsnap /1 + disk /{n}"),
         )
     }
 
@@ -57,6 +59,7 @@ class Record:
     safe_s: float | None = None
     copy_s: float | None = None
     skipped: bool = False  # ecsnap on_busy="skip": the previous step was not committed yet
+    durable_s: float | None = None  # checkpoint start until on disk (ecsnap: its durable tier)
     started: float = field(default=0.0, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +69,7 @@ class Record:
             "safe_s": self.safe_s,
             "copy_s": self.copy_s,
             "skipped": self.skipped,
+            "durable_s": self.durable_s,
         }
 
 

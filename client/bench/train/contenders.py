@@ -42,7 +42,13 @@ class Ecsnap(Checkpointer):
                 "this ecsnap client has no parity support (Snapshotter(parity=...)): "
                 "the parity-on contender cannot run"
             )
-        self.snap = ecsnap.Snapshotter(timeout=120.0)
+        durable: dict[str, Any] = {}
+        if self.spec.persist:  # the durable tier: DCP checkpoints next to the disk contenders'
+            durable = {"persist_to": self.dir / "durable", "persist_every": self.spec.persist}
+        self.snap = ecsnap.Snapshotter(timeout=120.0, **durable)
+        self.by_step: dict[int, Record] = {}
+        self.poller: threading.Thread | None = None
+        self.polling = threading.Event()
         w = self.w
         self.app: dict[str, Any] = {
             "model": w.model,
@@ -72,9 +78,14 @@ class Ecsnap(Checkpointer):
             rec.skipped = True
             return rec
         self.handle, self.last = h, rec
+        self.by_step[step] = rec
         if self.watcher is None:
             self.watcher = threading.Thread(target=self._watch, daemon=True)
             self.watcher.start()
+        if self.spec.persist and self.poller is None:
+            self.polling.set()
+            self.poller = threading.Thread(target=self._poll_durable, daemon=True)
+            self.poller.start()
         self.watch.put((rec, h))
         return rec
 
@@ -107,9 +118,29 @@ class Ecsnap(Checkpointer):
         finally:
             chan.close()
 
+    def _poll_durable(self) -> None:
+        """Time until a step is complete in the durable tier (polled every 5 ms)."""
+        seen = None
+        while self.polling.is_set():
+            now, step = time.perf_counter(), self.snap.persisted
+            if step is not None and step != seen:
+                seen = step
+                rec = self.by_step.get(step)
+                if rec is not None and rec.durable_s is None:
+                    rec.durable_s = now - rec.started
+            time.sleep(0.005)
+
     def finish(self, timeout: float) -> None:
         if self.handle is not None:
             self.handle.wait_protected(timeout)
+        if self.poller is not None:  # the last due step's write, if one is going on
+            deadline = time.monotonic() + timeout
+            due = [r for r in self.records if not r.skipped and r.step % self.spec.persist == 0]
+            while due and due[-1].durable_s is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.polling.clear()
+            self.poller.join(timeout)
+            self.poller = None
         self._charge_fence()
         if self.watcher is not None:
             self.watch.put(None)
