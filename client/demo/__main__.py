@@ -1,4 +1,4 @@
-"""`python -m ecsnap.demo`: a local cluster recovers a killed trainer and a lost node.
+"""`python -m ecsnap.demo`: a local cluster recovers a killed trainer, a lost node, a lost job.
 
 The cluster: --nodes simulated nodes on this machine, each with its own SMP process (socket, gRPC
 port, store directory) and --ranks-per-node trainer ranks (gloo, DDP, dropout, Adam, a per-rank
@@ -10,6 +10,9 @@ parameter), a snapshot every step, parity g=nodes, m=1 across the SMPs.
 3. node loss: another run is killed, and one node disappears with its memory (its SMP killed,
    its store wiped); a fresh SMP takes its place; the relaunched job rebuilds that node's state
    from its peers' data and parity over gRPC and finishes;
+4. the whole job lost: a run with a durable tier (a DCP checkpoint every 5 steps, written in the
+   background, set by the environment alone) is killed and every node disappears with its
+   memory; the relaunch on fresh SMPs resumes from the newest persisted step and finishes;
 each recovered run's parameters, optimizer state and losses must equal the reference, bit for bit.
 """
 
@@ -21,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ecsnap.durable.store import Store
 from ecsnap.testing import LocalCluster, compare_runs, launch_ranks, read_restore, short_tmpdir
 from smp import report
 
@@ -38,11 +42,13 @@ class Demo:
         self.env = {"ECSNAP_GROUP_SIZE": str(args.nodes), "ECSNAP_PARITY": "1"}
         self.train = ["--steps", str(args.steps)]
 
-    def run(self, out: Path, job: str, extra: list[str], expect: int) -> bool:
+    def run(
+        self, out: Path, job: str, extra: list[str], expect: int, env: dict[str, str] | None = None
+    ) -> bool:
         assert self.cluster is not None
         sockets = self.cluster.sockets
         ranks = launch_ranks(
-            out, job, sockets, self.args.ranks_per_node, [*self.train, *extra], self.env
+            out, job, sockets, self.args.ranks_per_node, [*self.train, *extra], env or self.env
         )
         codes = ranks.wait(600)
         if codes != [expect] * self.world:
@@ -51,16 +57,18 @@ class Demo:
             return False
         return True
 
-    def crash(self, out: Path, job: str) -> bool:
-        ok = self.run(out, job, ["--die-at-step", str(self.args.kill_at)], -9)
+    def crash(self, out: Path, job: str, env: dict[str, str] | None = None) -> bool:
+        # A little compute per step, so the durable tier's background writes keep up.
+        extra = ["--die-at-step", str(self.args.kill_at), "--step-time", "0.02"]
+        ok = self.run(out, job, extra, -9, env)
         if ok:
             step = self.args.kill_at
             say(f"    every rank SIGKILLed right after launching its save of step {step}")
         return ok
 
-    def recover(self, out: Path, job: str, what: str) -> bool:
+    def recover(self, out: Path, job: str, what: str, env: dict[str, str] | None = None) -> bool:
         start = time.perf_counter()
-        if not self.run(out, job, [], 0):
+        if not self.run(out, job, [], 0, env):
             return False
         total = time.perf_counter() - start
         restores = [read_restore(out, r) for r in range(self.world)]
@@ -70,6 +78,8 @@ class Demo:
             {r // self.args.ranks_per_node for r, x in enumerate(restores) if x["rebuilt"]}
         )
         how = f"node(s) {rebuilt} rebuilt from peers, " if rebuilt else ""
+        if {r.get("source") for r in restores} == {"durable"}:
+            how = "from the durable tier, "
         say(
             f"    {what}: restored step {', '.join(map(str, sorted(steps)))} on every rank "
             f"({how}restore took "
@@ -103,19 +113,19 @@ class Demo:
         say(f"starting {a.nodes} SMPs, one per simulated node (work dir {self.work})")
         self.cluster = LocalCluster(self.work, a.nodes, memory_limit="2G")
         say(
-            f"1/3 reference run: {a.nodes} nodes x {a.ranks_per_node} rank(s), {a.steps} steps, "
+            f"1/4 reference run: {a.nodes} nodes x {a.ranks_per_node} rank(s), {a.steps} steps, "
             "uninterrupted"
         )
         if not self.run(self.work / "reference", "demo-reference", [], 0):
             return 1
-        say("2/3 trainer crash")
+        say("2/4 trainer crash")
         out = self.work / "crash"
         if not self.crash(out, "demo-crash"):
             return 1
         self.status(0)
         if not self.recover(out, "demo-crash", "relaunched from the SMPs' memory"):
             return 1
-        say("3/3 node loss")
+        say("3/4 node loss")
         out = self.work / "node-loss"
         if not self.crash(out, "demo-node-loss"):
             return 1
@@ -123,6 +133,24 @@ class Demo:
         if not self.recover(out, "demo-node-loss", "relaunched on the replacement node"):
             return 1
         self.status(a.lose)
+        return self.whole_job()
+
+    def whole_job(self) -> int:
+        assert self.cluster is not None
+        say("4/4 the whole job lost")
+        durable = self.work / "durable"
+        env = {**self.env, "ECSNAP_PERSIST_TO": str(durable), "ECSNAP_PERSIST_EVERY": "5"}
+        out = self.work / "whole-job"
+        if not self.crash(out, "demo-whole-job", env):
+            return 1
+        steps = Store(str(durable)).complete()
+        self.cluster.lose(*range(self.args.nodes))
+        say(
+            "    every node is gone with its memory; fresh SMPs everywhere; the durable tier "
+            f"holds steps {sorted(steps)} (DCP checkpoints, written in the background)"
+        )
+        if not self.recover(out, "demo-whole-job", "relaunched on fresh SMPs", env):
+            return 1
         return 0
 
 

@@ -4,8 +4,8 @@ Every rank runs a thread of its own with a gloo group of its own (collectives of
 thread never mix with these). `save()` hands each step to the thread and returns; the thread
 handles the steps in order, so every rank runs the same rounds:
 
-1. decide: rank 0 says whether the step is due (`PersistPolicy.due`: every N steps, or T seconds
-   by rank 0's clock), for everyone;
+1. decide: is the step due (`PersistPolicy.due`)? Every N steps: every rank knows the same; T
+   seconds: rank 0's clock decides for everyone (one small all-gather per save);
 2. agree: wait for the step to commit, then agree on the newest committed step, as a restore does
    (checksums verified by the SMPs);
 3. stage: pin it, copy it out of the SMP's arena into a buffer of this process, unpin: the SMP's
@@ -192,10 +192,10 @@ class Persister:
     def _round(self, handle: SaveHandle) -> Outcome:
         ranks = self._ranks
         assert ranks is not None
-        due = False
-        if ranks.rank == 0:
-            due = self.policy.due(handle.step, self._last_due, time.monotonic() - self._since)
-        if not ranks.all_gather(due)[0]:  # rank 0's clock decides for everyone
+        due = self.policy.due(handle.step, self._last_due, time.monotonic() - self._since)
+        if self.policy.seconds is not None:  # clocks differ: rank 0's decides for everyone
+            due = ranks.all_gather(due)[0]
+        if not due:  # (by steps alone, every rank decides the same: it saw the same steps)
             return Outcome(None)
         self._last_due, self._since = handle.step, time.monotonic()
         logger.debug("rank %d: step %d is due for the durable tier", ranks.rank, handle.step)
