@@ -32,6 +32,15 @@ def agreed_steps(session: Session) -> list[int]:
     error = ""
     try:
         listed = session.client.list_steps(session.rank)
+        if listed.finished is not None and session.rank == 0:
+            logger.warning(
+                "job %s finished at step %d (its ranks closed with finished=True): restoring "
+                "that step leaves nothing to train. To train it again from the start, forget it "
+                "first (`smp forget %s` on every node, or `smp launch --fresh`)",
+                session.job_id,
+                listed.finished,
+                session.job_id,
+            )
         world = session.env.world_size
         # A step saved by a job of another size is not this job's to restore as it is (the
         # topology path reshards it).

@@ -213,6 +213,8 @@ class Daemon:
                 js.bytes += cluster.parity_bytes
                 if cluster.protected is not None:
                     js.has_protected, js.protected_step = True, cluster.protected
+            if job.finished is not None:
+                js.finished, js.finished_step = True, job.finished
             if job.committed is not None:
                 js.has_committed, js.committed_step = True, job.committed
                 js.committed_age_s = now - job.committed_at if job.committed_at else 0.0

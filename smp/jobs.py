@@ -112,6 +112,7 @@ class Job:
     # kept until the job's next commit, never part of this node's blob or its commits.
     foreign: set[int] = field(default_factory=set)
     key: bytes | None = None  # the job key's digest it is bound to (smp.access); None: unbound
+    finished: int | None = None  # the step the job ended at (its ranks said so); a save clears it
 
     def live_ranks(self) -> list[RankState]:
         return [self.ranks[r] for r in sorted(self.ranks) if r not in self.foreign]
