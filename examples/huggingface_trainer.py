@@ -44,9 +44,7 @@ def main() -> None:
         seed=0,
         disable_tqdm=True,
     )
-    trainer = EcsnapTrainer(
-        model=model, args=training, train_dataset=data, snapshot_every=1
-    )
+    trainer = EcsnapTrainer(model=model, args=training, train_dataset=data, snapshot_every=1)
     trainer.train()  # resumes from the SMP's memory if it holds this job
 
     rank = training.process_index

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 class Held:
     """A Stateful stand-in for an object that does not exist yet at restore (an optimizer the
     framework builds later): restore() gives it the saved state as fresh tensors; `take()` hands

@@ -50,13 +50,14 @@ STATE_FILE = "trainer_state.json"  # what Trainer reads from a checkpoint direct
 def _trainer_state_json(trainer: Trainer) -> str:
     """The Trainer's state as its checkpoints write it (stateful callbacks brought up to date)."""
     state = copy.deepcopy(trainer.state)
+    callbacks: Any = state.stateful_callbacks  # a dict once the state is built (name -> state)
     for cb in [*trainer.callback_handler.callbacks, trainer.control]:
         if isinstance(cb, ExportableState):
             name = cb.__class__.__name__
-            if isinstance(state.stateful_callbacks.get(name), list):
-                state.stateful_callbacks[name].append(cb.state())
+            if isinstance(callbacks.get(name), list):
+                callbacks[name].append(cb.state())
             else:
-                state.stateful_callbacks[name] = cb.state()
+                callbacks[name] = cb.state()
     return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
 
 
@@ -176,8 +177,10 @@ class EcsnapTrainerMixin:
         return str(self._ecsnap_dir)
 
     def _ours(self, checkpoint: str | None) -> bool:
-        return checkpoint is not None and self._ecsnap_dir is not None and (
-            Path(checkpoint) == self._ecsnap_dir
+        return (
+            checkpoint is not None
+            and self._ecsnap_dir is not None
+            and (Path(checkpoint) == self._ecsnap_dir)
         )
 
     # The Trainer's resume hooks: for our checkpoint, the state restore() took from memory.
@@ -211,5 +214,5 @@ class EcsnapTrainerMixin:
         RNGState().load_state_dict(self._ecsnap_held["rng"].take())
 
 
-class EcsnapTrainer(EcsnapTrainerMixin, Trainer):
+class EcsnapTrainer(EcsnapTrainerMixin, Trainer):  # type: ignore[misc]
     """`transformers.Trainer` snapshotting through ecsnap (see `EcsnapTrainerMixin`)."""

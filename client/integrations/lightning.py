@@ -67,11 +67,15 @@ def _loaders(value: Any) -> Iterator[DataLoader[Any]]:
             yield from _loaders(v)
 
 
+def _version() -> str:
+    return str(getattr(pl, "__version__", "unknown version"))
+
+
 def _connector(trainer: pl.Trainer) -> Any:
     connector = getattr(trainer, "_checkpoint_connector", None)
     if connector is None or not hasattr(connector, "dump_checkpoint"):
         raise RuntimeError(
-            f"ecsnap's Lightning callback does not know this Lightning ({pl.__version__}): its "
+            f"ecsnap's Lightning callback does not know this Lightning ({_version()}): its "
             "Trainer has no checkpoint connector; use Lightning 2.x"
         )
     return connector
@@ -82,7 +86,9 @@ class EcsnapCheckpoint(pl.Callback):
     the job. `snapshotter`: default `ecsnap.Snapshotter()` (made at setup). At the end of a fit
     that was not interrupted, the last step is saved (waited for) and the job marked finished."""
 
-    def __init__(self, every_n_train_steps: int = 1, snapshotter: Snapshotter | None = None) -> None:
+    def __init__(
+        self, every_n_train_steps: int = 1, snapshotter: Snapshotter | None = None
+    ) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
         self.every = every_n_train_steps
