@@ -11,9 +11,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The framework integrations' extras are installed against constraints.txt (torch pinned), so
+# their tests run in `make test` without pulling another torch.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[torch,isal,dev,bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[torch,isal,dev,bench,huggingface,lightning,data]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -9,6 +9,7 @@ Restore unpickles only safe types (containers, numbers, strings, torch and NumPy
 type of yours with `ecsnap.add_safe_globals(MyType)`.
 """
 
+from ecsnap.ddp import settle_ddp
 from ecsnap.errors import (
     ChecksumError,
     EcsnapError,
@@ -35,4 +36,5 @@ __all__ = [
     "Snapshotter",
     "SnapshotError",
     "add_safe_globals",
+    "settle_ddp",
 ]

@@ -46,6 +46,7 @@ class Steps:
     complete: list[int]  # newest first
     committed: int | None
     world_sizes: list[int]  # the job's world size when each complete step was saved
+    finished: int | None = None  # the step the job ended at (close(finished=True))
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ class ControlClient:
             list(r.complete_steps),
             r.committed_step if r.has_committed else None,
             list(r.world_sizes),
+            r.finished_step if r.finished else None,
         )
 
     def open_snapshot(self, rank: int, step: int, verify: bool = True) -> Opened:
@@ -298,6 +300,10 @@ class ControlClient:
     def forget(self) -> int:
         """Delete the job's snapshots and parity from this SMP; the bytes freed."""
         return int(self._call("forget", pb.ForgetRequest()).forget.freed_bytes)
+
+    def finish(self, step: int) -> None:
+        """Mark the job finished at its committed `step` on this SMP."""
+        self._call("finish", pb.FinishRequest(step=step))
 
     def rebuild(self, timeout: float) -> RebuildInfo:
         r = self._call(

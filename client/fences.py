@@ -25,6 +25,20 @@ _DEPTH = 4  # how deep containers and wrapper attributes are searched
 _WIDTH = 64  # containers longer than this hold data, not optimizers: not searched
 
 
+def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer whose step() runs the step hooks. A framework's wrapper (accelerate's
+    AcceleratedOptimizer, Lightning's LightningOptimizer) passes for an Optimizer without being
+    set up as one (no hooks of its own) and steps the optimizer it holds as `.optimizer`."""
+    for _ in range(_DEPTH):
+        inner = getattr(optimizer, "optimizer", None)
+        if hasattr(optimizer, "_optimizer_step_pre_hooks") or not isinstance(
+            inner, torch.optim.Optimizer
+        ):
+            break
+        optimizer = inner
+    return optimizer
+
+
 def owners(app_state: Mapping[str, Any]) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
     """The modules and optimizers reachable from the app state (each once, in order found)."""
     modules: dict[int, nn.Module] = {}
@@ -34,7 +48,8 @@ def owners(app_state: Mapping[str, Any]) -> tuple[list[nn.Module], list[torch.op
         if isinstance(value, nn.Module):
             modules.setdefault(id(value), value)
         elif isinstance(value, torch.optim.Optimizer):
-            optimizers.setdefault(id(value), value)
+            inner = unwrapped(value)
+            optimizers.setdefault(id(inner), inner)
         elif depth >= _DEPTH or isinstance(value, (torch.Tensor, str, bytes, int, float)):
             return
         elif isinstance(value, Mapping):

@@ -7,7 +7,8 @@ Two phases, so a restore that cannot succeed leaves the live state untouched:
    DTensor that cannot be placed, is collected. Any problem raises `RestoreError` naming the
    entries, before a single byte of live state changed.
 2. apply: the planned copies into live tensors, then `load_state_dict` of Stateful values and the
-   assignment of plain ones.
+   assignment of plain ones; stateful data loaders get their iterators, and RNGState entries are
+   loaded last (see `_ordered`).
 
 In place matters: an optimizer holds references to its parameters, FSDP2 to its sharded
 parameters' storage. Fresh tensors never alias the arena (the next saves overwrite it); tensors
@@ -21,11 +22,13 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ecsnap import dtensors
 from ecsnap.errors import RestoreError
 from ecsnap.fences import owners
 from ecsnap.flatten import STATEFUL, is_stateful
+from ecsnap.rng import RNGState
 from ecsnap.saved import Saved
 
 _SHOWN = 8  # problems listed in one error
@@ -37,15 +40,16 @@ def _writable(t: torch.Tensor) -> bool:
     return not local.is_inference() and torch._debug_has_internal_overlap(local) == 0
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a value: itself, or inside nested mappings, lists and tuples."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, Mapping):
         for v in value.values():
-            yield from _tensors(v)
+            yield from tensors_in(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _tensors(v)
+            yield from tensors_in(v)
 
 
 class Reshard(Protocol):
@@ -117,7 +121,7 @@ class _Plan:
                 for group in optim.param_groups:
                     self._meshes.add_from(group["params"])
             for tree in self._live_trees:
-                self._meshes.add_from(_tensors(tree))
+                self._meshes.add_from(tensors_in(tree))
         return self._meshes
 
     # -- matching -------------------------------------------------------------------------------
@@ -265,19 +269,46 @@ class Prepared:
             for dst, src in self._plan.copies:
                 cuda = cuda or dst.is_cuda
                 dst.copy_(src, non_blocking=dst.is_cuda)
+        rng = []
         for key, kind, target, value in self._resolved:
             if kind != STATEFUL:
                 self._app_state[key] = value
-                continue
-            try:
-                target.load_state_dict(value)
-            except Exception as exc:  # a Stateful of the user's: its own rules
-                raise RestoreError(
-                    f"app_state[{key!r}].load_state_dict() failed ({exc}); entries before it "
-                    "were already restored"
-                ) from exc
+            elif isinstance(target, RNGState):
+                rng.append((key, target, value))  # last: see _ordered
+            else:
+                _load(key, target, value)
+        _ordered(self._resolved, rng)
         if cuda:
             torch.cuda.synchronize()  # non_blocking host-to-device copies above
+
+
+def _load(key: str, target: Any, value: Any) -> None:
+    try:
+        target.load_state_dict(value)
+    except Exception as exc:  # a Stateful of the user's: its own rules
+        raise RestoreError(
+            f"app_state[{key!r}].load_state_dict() failed ({exc}); entries before it "
+            "were already restored"
+        ) from exc
+
+
+def _ordered(
+    resolved: list[tuple[str, str, Any, Any]], rng: list[tuple[str, RNGState, Any]]
+) -> None:
+    """Data loaders' iterators first, the random generators last.
+
+    Creating a DataLoader's iterator draws from torch's global generator (its base seed). In the
+    run that saved, the loader's iterator existed already (it was mid-epoch); a relaunch creates
+    it after restore(), one draw later, and every dropout mask after it would differ. So every
+    restored stateful DataLoader (torchdata's StatefulDataLoader) gets its iterator now, in its
+    restored position (its `state_dict()` creates it, and the next `iter()` returns that one),
+    and only then are the RNGState entries loaded: the next draw is the one the saved run made.
+    """
+    for _, kind, target, _ in resolved:
+        if kind == STATEFUL and isinstance(target, DataLoader) and is_stateful(target):
+            target.state_dict()  # type: ignore[attr-defined]  # a stateful loader's
+    for key, target, value in rng:
+        _load(key, target, value)
 
 
 def prepare(

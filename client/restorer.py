@@ -118,6 +118,7 @@ def restore(
 
     The ranks first look on their own SMPs. When that finds nothing (the job's ranks moved to
     other nodes, or it has another world size), they look on every node's SMP (`topology`)."""
+    _warn_if_finished(session)
     found = open_agreed(session, agreed_steps(session), verify)
     if found is None:
         elsewhere = topology.survey(session)
@@ -146,6 +147,25 @@ def restore(
             raise RestoreError(f"cannot restore step {step}: " + "; ".join(failed))
         prepared.apply()
     return step
+
+
+def _warn_if_finished(session: Session) -> None:
+    """Rank 0: a job its ranks closed with finished=True is being restored (trains nothing)."""
+    if session.rank != 0:
+        return
+    try:
+        finished = session.client.list_steps(session.rank).finished
+    except EcsnapError:
+        return  # the agreement that follows says what is wrong, on every rank
+    if finished is not None:
+        logger.warning(
+            "job %s finished at step %d (its ranks closed with finished=True): restoring that "
+            "step leaves nothing to train. To train it again from the start, forget it first "
+            "(`smp forget %s` on every node, or `smp launch --fresh`)",
+            session.job_id,
+            finished,
+            session.job_id,
+        )
 
 
 def _fresh_start(session: Session, found: topology.Survey, note: str) -> None:

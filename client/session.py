@@ -19,6 +19,7 @@ from ecsnap.control import ControlClient, RebuildInfo, SaveReady, SMPInfo
 from ecsnap.env import RankEnv
 from ecsnap.errors import EcsnapError, MemoryLimitError, RestoreError, SnapshotError
 from ecsnap.group import JobGroup, exchange_addresses
+from ecsnap.handle import SaveHandle
 from smp.layout import Layout
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,20 @@ class Session:
             raise SnapshotError("cannot forget the job: " + "; ".join(failed))
         self.info = None  # registrations went with it
         return freed
+
+    def finish(self, last: SaveHandle | None, timeout: float) -> None:
+        """close(finished=True): the last save committed, the job marked finished here."""
+        if last is None:
+            if self.client.list_steps(self.rank).finished is not None:
+                return  # restored a finished job and trained nothing: it stays finished
+            raise SnapshotError(
+                f"job {self.job_id}: close(finished=True) but this Snapshotter saved nothing; "
+                "save the final step (with on_busy='wait') before closing"
+            )
+        last.wait_protected(timeout)  # a skipped last step raises, saying how to avoid it
+        self.client.finish(last.step)
+        if self.rank == 0:
+            logger.info("job %s: finished at step %d", self.job_id, last.step)
 
     def close(self) -> None:
         self.client.close()

@@ -110,6 +110,7 @@ class Snapshotter:
         self._arenas: dict[int, MappedArena] = {}
         self._closed = False
         self.skipped = 0  # saves skipped because no slot was free (previous step not committed)
+        self._last: SaveHandle | None = None  # the newest save() handle (for close(finished))
         self._skipped_in_a_row = 0
 
     # -- where we are ---------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class Snapshotter:
         self._copier.start(handle, flat, self._map(grant), grant)
         self._durable.submit(handle)
         handle.blocked_s = time.perf_counter() - start
+        self._last = handle
         return handle
 
     def _begin(self, step: int, nbytes: int, busy: str) -> Grant | None:
@@ -213,9 +215,9 @@ class Snapshotter:
                 step,
                 n,
             )
-        handle = SaveHandle.skipped_step(step, self._session.wait_committed)
-        self._durable.submit(handle)
-        return handle
+        self._last = SaveHandle.skipped_step(step, self._session.wait_committed)
+        self._durable.submit(self._last)
+        return self._last
 
     def _map(self, grant: Grant) -> MappedArena:
         arena = self._arenas.get(grant.slot)
@@ -284,11 +286,16 @@ class Snapshotter:
         if self._closed:
             raise EcsnapError("this Snapshotter is closed")
 
-    def close(self, timeout: float = 60.0) -> None:
+    def close(self, timeout: float = 60.0, *, finished: bool = False) -> None:
         """Wait (up to `timeout`) for the in-flight save and export to finish; release
-        everything."""
+        everything. finished=True (every rank, at the end of training): wait until the last
+        save is committed, then mark the job finished on the SMPs, so that running it again
+        is refused by `smp launch` (unless --fresh) instead of restoring the last step and
+        training nothing."""
         if self._closed:
             return
+        if finished:
+            self._session.finish(self._last, timeout)
         self._closed = True
         try:
             self._copier.close(timeout)

@@ -33,6 +33,8 @@ def readopt(store: Store, local: LocalSnapshots, crossnode: CrossNode) -> Readop
     out = Readopted()
     for job_id, digest in found.keys.items():
         local.adopt_key(job_id, digest)
+    for job_id, step in found.finished.items():
+        local.adopt_finished(job_id, step)
     # Slots first: whether a job's committed step is still protected here depends on them.
     out.snapshots = sum(local.adopt_slot(item) for item in found.slots)
     cells: dict[str, list[AdoptedCell]] = {}

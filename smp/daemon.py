@@ -223,6 +223,8 @@ class Daemon:
                 if p.step is not None:
                     js.has_persisted, js.persisted_step = True, p.step
                     js.persisted_age_s = max(0.0, now - p.completed_at)
+            if job.finished is not None:
+                js.finished, js.finished_step = True, job.finished
             if job.committed is not None:
                 js.has_committed, js.committed_step = True, job.committed
                 js.committed_age_s = now - job.committed_at if job.committed_at else 0.0

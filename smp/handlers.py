@@ -66,6 +66,7 @@ class ControlHandlers:
             "stage": self._on_stage,
             "retain": self._on_retain,
             "persist_report": self._on_persist_report,
+            "finish": self._on_finish,
         }
         return {kind: self._admitted(fn) for kind, fn in handlers.items()} | {
             "register": self._on_register,
@@ -126,6 +127,9 @@ class ControlHandlers:
         if committed is not None:
             resp.list_steps.has_committed = True
             resp.list_steps.committed_step = committed
+        finished = self._service.finished(req.job_id)
+        if finished is not None:
+            resp.list_steps.finished, resp.list_steps.finished_step = True, finished
 
     def _on_open_snapshot(self, req: pb.Request, resp: pb.Response) -> Deferred:
         o = req.open_snapshot
@@ -240,6 +244,10 @@ class ControlHandlers:
         step = r.step if r.has_step else None
         self._service.report_persist(req.job_id, r.target, step, rate, r.error[:MAX_ERROR])
         resp.persist_report.SetInParent()
+
+    def _on_finish(self, req: pb.Request, resp: pb.Response) -> None:
+        self._service.finish(req.job_id, req.finish.step)
+        resp.finish.SetInParent()
 
     def _on_status(self, req: pb.Request, resp: pb.Response) -> None:
         """Every job for the admin token; else only the caller's own job (if it proves it)."""

@@ -125,6 +125,7 @@ class Job:
     foreign: set[int] = field(default_factory=set)
     key: bytes | None = None  # the job key's digest it is bound to (smp.access); None: unbound
     persistence: Persistence | None = None  # None: the job persists nowhere (or has not said)
+    finished: int | None = None  # the step the job ended at (its ranks said so); a save clears it
 
     def live_ranks(self) -> list[RankState]:
         return [self.ranks[r] for r in sorted(self.ranks) if r not in self.foreign]

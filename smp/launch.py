@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from stat import S_ISREG, filemode
 
-from smp import defaults, report, sockdir
+from smp import defaults, lifecycle, report, sockdir
 from smp._proto import control_pb2 as pb
 from smp.config import SETTINGS
 from smp.errors import ConfigError
@@ -39,6 +39,7 @@ from smp.logs import tail
 # settings schema).
 SERVE_OPTIONS = {s.launch: s.flag for s in SETTINGS if s.launch is not None}
 LAUNCH_OPTIONS = {"--socket", "--job", "--smp-log", "--smp-timeout", "--torchrun", *SERVE_OPTIONS}
+LAUNCH_FLAGS = {"--fresh"}  # launch options that take no value
 
 # torchrun options that take no value (every other option takes one).
 _TORCHRUN_FLAGS = {
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the training script and its arguments, so the same command finds its snapshots)",
     )
     p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train from the start: forget the job's snapshots on this node's SMP first (a job "
+        "that finished, closed with finished=True, is refused without it)",
+    )
+    p.add_argument(
         "--smp-log", help="log file of an SMP this launch starts (default: beside the socket)"
     )
     p.add_argument(
@@ -126,9 +133,12 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         if arg in ("-h", "--help"):
             return [arg], []
         name = arg.split("=", 1)[0]
+        if arg in LAUNCH_FLAGS:
+            i += 1
+            continue
         if name not in LAUNCH_OPTIONS:
             break
-        i += 1 if "=" in arg else 2  # every launch option takes a value
+        i += 1 if "=" in arg else 2  # every other launch option takes a value
     return list(argv[:i]), list(argv[i:])
 
 
@@ -320,6 +330,12 @@ def launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
             serve_args += [s.flag, str(value)]
     log = Path(args.smp_log) if args.smp_log else Path(socket).parent / "smp.log"
     status, started = ensure_smp(socket, serve_args, log, args.smp_timeout)
+    try:
+        done = lifecycle.check(status, job, socket, args.fresh)
+    except lifecycle.FinishedJob as exc:
+        raise LaunchError(str(exc)) from None
+    if done:
+        print(f"smp launch: {done}", file=sys.stderr, flush=True)
     how = (
         f"started SMP pid {status.pid} (log {log})" if started else f"reusing SMP pid {status.pid}"
     )

@@ -218,6 +218,11 @@ class LocalSnapshots:
 
     # -- adoption -------------------------------------------------------------------------------
 
+    def adopt_finished(self, job_id: str, step: int) -> None:
+        """The job had ended at `step` when an earlier daemon stopped."""
+        with self._lock:
+            self._jobs.setdefault(job_id, Job(job_id)).finished = step
+
     def adopt_key(self, job_id: str, digest: bytes) -> None:
         """The job key an earlier daemon bound the job to (smp.access)."""
         with self._lock:

@@ -41,6 +41,12 @@ class SnapshotReads:
             )
             return [s.step for s in held], job.committed, [s.world_size for s in held]
 
+    def finished(self, job_id: str) -> int | None:
+        """The step the job ended at, if its ranks said it finished."""
+        with self._lock:
+            job = self._job(job_id)
+            return job.finished if job is not None else None
+
     def open_snapshot(
         self, job_id: str, rank: int, step: int, verify: bool = True
     ) -> Future[OpenedSnapshot]:

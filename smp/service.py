@@ -162,6 +162,9 @@ class SnapshotService(SnapshotReads):
                 self._events("save_refused", job_id, 1)
                 raise
             job.started.setdefault(step, time.monotonic())
+            if job.finished is not None:  # it trains again: no longer finished
+                job.finished = None
+                self.store.write_finished(job_id, None)
             if slot.arena is not None and arena is slot.arena:
                 self.store.drop_record(arena)  # its bytes are about to be overwritten
             slot.arena = arena
@@ -271,6 +274,19 @@ class SnapshotService(SnapshotReads):
         logger.warning("job %s: %s", job_id, message)
         self._events("save_aborted", job_id, 1)
         commits.resolve(resolved)
+
+    def finish(self, job_id: str, step: int) -> None:
+        """The job ended at `step` (committed): a relaunch must not silently train nothing."""
+        with self._lock:
+            job = self._job(job_id)
+            if job is None or job.committed is None or job.committed < step:
+                raise NotFound(
+                    f"job {job_id!r} has no committed step {step} here: only a committed step "
+                    "can end a job (wait for the last save with wait_protected() first)"
+                )
+            job.finished = step
+            self.store.write_finished(job_id, step)
+        logger.info("job %s: finished at step %d", job_id, step)
 
     def slots_free(self, job_id: str) -> bool:
         """Every local rank of the job has a slot a new save may take."""

@@ -40,6 +40,7 @@ _SLOT_NAME = re.compile(r"^r(\d+)\.s(\d+)\.arena$")
 _PARITY_NAME = re.compile(r"^p(\d+)\.s(\d+)\.arena$")
 CLUSTER_FILE = "cluster.meta"
 KEY_FILE = "key.meta"
+FINISHED_FILE = "finished.meta"
 PORT_FILE = "smp.port"
 R = TypeVar("R", bound=Message)
 
@@ -147,6 +148,7 @@ class Adopted:
     cells: list[AdoptedCell] = field(default_factory=list)
     clusters: dict[str, snapshot_pb2.ClusterRecord] = field(default_factory=dict)
     keys: dict[str, bytes] = field(default_factory=dict)  # job -> the key digest it is bound to
+    finished: dict[str, int] = field(default_factory=dict)  # job -> the step it ended at
 
 
 class Store:
@@ -328,6 +330,15 @@ class Store:
             self.job_dir(job_id) / KEY_FILE, snapshot_pb2.JobKeyRecord(job_id=job_id, digest=digest)
         )
 
+    def write_finished(self, job_id: str, step: int | None) -> None:
+        """Record (or, with None, drop) the step the job ended at."""
+        path = self.job_dir(job_id) / FINISHED_FILE
+        if step is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        self._write(path, snapshot_pb2.FinishedRecord(job_id=job_id, step=step))
+
     def write_cluster(self, record: snapshot_pb2.ClusterRecord) -> None:
         path = self.cluster_path(record.job_id)
         path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -347,6 +358,9 @@ class Store:
             key = self._read(job_dir / KEY_FILE, snapshot_pb2.JobKeyRecord)
             if key is not None and key.job_id == job:
                 found.keys[job] = key.digest
+            done = self._read(job_dir / FINISHED_FILE, snapshot_pb2.FinishedRecord)
+            if done is not None and done.job_id == job:
+                found.finished[job] = done.step
             cluster = self._read(job_dir / CLUSTER_FILE, snapshot_pb2.ClusterRecord)
             if cluster is not None and cluster.job_id == job:
                 found.clusters[job] = cluster

@@ -190,16 +190,20 @@ class ListStepsRequest(_message.Message):
     def __init__(self, rank: _Optional[int] = ...) -> None: ...
 
 class ListStepsResponse(_message.Message):
-    __slots__ = ("complete_steps", "has_committed", "committed_step", "world_sizes")
+    __slots__ = ("complete_steps", "has_committed", "committed_step", "world_sizes", "finished", "finished_step")
     COMPLETE_STEPS_FIELD_NUMBER: _ClassVar[int]
     HAS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZES_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_STEP_FIELD_NUMBER: _ClassVar[int]
     complete_steps: _containers.RepeatedScalarFieldContainer[int]
     has_committed: bool
     committed_step: int
     world_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, complete_steps: _Optional[_Iterable[int]] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., world_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    finished: bool
+    finished_step: int
+    def __init__(self, complete_steps: _Optional[_Iterable[int]] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., world_sizes: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., finished_step: _Optional[int] = ...) -> None: ...
 
 class OpenSnapshotRequest(_message.Message):
     __slots__ = ("rank", "step", "skip_verify")
@@ -409,6 +413,16 @@ class PersistReportResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class FinishRequest(_message.Message):
+    __slots__ = ("step",)
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    def __init__(self, step: _Optional[int] = ...) -> None: ...
+
+class FinishResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -428,7 +442,7 @@ class RankStatus(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., pid: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotInfo, _Mapping]]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step", "degraded", "idle_s", "persist_target", "has_persisted", "persisted_step", "persisted_age_s", "persist_bytes_per_s", "persist_failures", "persist_error")
+    __slots__ = ("job_id", "world_size", "num_nodes", "has_committed", "committed_step", "committed_age_s", "bytes", "ranks", "last_error", "protection", "node_rank", "group_members", "parity_bytes", "has_protected", "protected_step", "degraded", "idle_s", "persist_target", "has_persisted", "persisted_step", "persisted_age_s", "persist_bytes_per_s", "persist_failures", "persist_error", "finished", "finished_step")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +467,8 @@ class JobStatus(_message.Message):
     PERSIST_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     PERSIST_FAILURES_FIELD_NUMBER: _ClassVar[int]
     PERSIST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_STEP_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     world_size: int
     num_nodes: int
@@ -477,7 +493,9 @@ class JobStatus(_message.Message):
     persist_bytes_per_s: float
     persist_failures: int
     persist_error: str
-    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ..., degraded: _Optional[str] = ..., idle_s: _Optional[float] = ..., persist_target: _Optional[str] = ..., has_persisted: _Optional[bool] = ..., persisted_step: _Optional[int] = ..., persisted_age_s: _Optional[float] = ..., persist_bytes_per_s: _Optional[float] = ..., persist_failures: _Optional[int] = ..., persist_error: _Optional[str] = ...) -> None: ...
+    finished: bool
+    finished_step: int
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., num_nodes: _Optional[int] = ..., has_committed: _Optional[bool] = ..., committed_step: _Optional[int] = ..., committed_age_s: _Optional[float] = ..., bytes: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., last_error: _Optional[str] = ..., protection: _Optional[str] = ..., node_rank: _Optional[int] = ..., group_members: _Optional[_Iterable[int]] = ..., parity_bytes: _Optional[int] = ..., has_protected: _Optional[bool] = ..., protected_step: _Optional[int] = ..., degraded: _Optional[str] = ..., idle_s: _Optional[float] = ..., persist_target: _Optional[str] = ..., has_persisted: _Optional[bool] = ..., persisted_step: _Optional[int] = ..., persisted_age_s: _Optional[float] = ..., persist_bytes_per_s: _Optional[float] = ..., persist_failures: _Optional[int] = ..., persist_error: _Optional[str] = ..., finished: _Optional[bool] = ..., finished_step: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("version", "pid", "socket", "store_dir", "grpc_address", "memory_limit", "memory_used", "store_free", "codec_engine", "uptime_s", "jobs", "jobs_hidden")
@@ -508,7 +526,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., socket: _Optional[str] = ..., store_dir: _Optional[str] = ..., grpc_address: _Optional[str] = ..., memory_limit: _Optional[int] = ..., memory_used: _Optional[int] = ..., store_free: _Optional[int] = ..., codec_engine: _Optional[str] = ..., uptime_s: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., jobs_hidden: _Optional[bool] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "job_id", "job_key", "admin_token", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report")
+    __slots__ = ("request_id", "job_id", "job_key", "admin_token", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report", "finish")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -530,6 +548,7 @@ class Request(_message.Message):
     STAGE_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
     PERSIST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     job_id: str
     job_key: bytes
@@ -551,10 +570,11 @@ class Request(_message.Message):
     stage: StageRequest
     retain: RetainRequest
     persist_report: PersistReportRequest
-    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_key: _Optional[bytes] = ..., admin_token: _Optional[bytes] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ..., locate: _Optional[_Union[LocateRequest, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., retain: _Optional[_Union[RetainRequest, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportRequest, _Mapping]] = ...) -> None: ...
+    finish: FinishRequest
+    def __init__(self, request_id: _Optional[int] = ..., job_id: _Optional[str] = ..., job_key: _Optional[bytes] = ..., admin_token: _Optional[bytes] = ..., register: _Optional[_Union[RegisterRequest, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveRequest, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveRequest, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveRequest, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsRequest, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotRequest, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., configure: _Optional[_Union[ConfigureRequest, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyRequest, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildRequest, _Mapping]] = ..., pin: _Optional[_Union[PinRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ..., locate: _Optional[_Union[LocateRequest, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., retain: _Optional[_Union[RetainRequest, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportRequest, _Mapping]] = ..., finish: _Optional[_Union[FinishRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report")
+    __slots__ = ("request_id", "error", "register", "begin_save", "commit_save", "abort_save", "list_steps", "open_snapshot", "wait_committed", "status", "configure", "save_ready", "rebuild", "pin", "forget", "locate", "stage", "retain", "persist_report", "finish")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
@@ -574,6 +594,7 @@ class Response(_message.Message):
     STAGE_FIELD_NUMBER: _ClassVar[int]
     RETAIN_FIELD_NUMBER: _ClassVar[int]
     PERSIST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: Error
     register: RegisterResponse
@@ -593,4 +614,5 @@ class Response(_message.Message):
     stage: StageResponse
     retain: RetainResponse
     persist_report: PersistReportResponse
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ..., locate: _Optional[_Union[LocateResponse, _Mapping]] = ..., stage: _Optional[_Union[StageResponse, _Mapping]] = ..., retain: _Optional[_Union[RetainResponse, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportResponse, _Mapping]] = ...) -> None: ...
+    finish: FinishResponse
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., register: _Optional[_Union[RegisterResponse, _Mapping]] = ..., begin_save: _Optional[_Union[BeginSaveResponse, _Mapping]] = ..., commit_save: _Optional[_Union[CommitSaveResponse, _Mapping]] = ..., abort_save: _Optional[_Union[AbortSaveResponse, _Mapping]] = ..., list_steps: _Optional[_Union[ListStepsResponse, _Mapping]] = ..., open_snapshot: _Optional[_Union[OpenSnapshotResponse, _Mapping]] = ..., wait_committed: _Optional[_Union[WaitCommittedResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., configure: _Optional[_Union[ConfigureResponse, _Mapping]] = ..., save_ready: _Optional[_Union[SaveReadyResponse, _Mapping]] = ..., rebuild: _Optional[_Union[RebuildResponse, _Mapping]] = ..., pin: _Optional[_Union[PinResponse, _Mapping]] = ..., forget: _Optional[_Union[ForgetResponse, _Mapping]] = ..., locate: _Optional[_Union[LocateResponse, _Mapping]] = ..., stage: _Optional[_Union[StageResponse, _Mapping]] = ..., retain: _Optional[_Union[RetainResponse, _Mapping]] = ..., persist_report: _Optional[_Union[PersistReportResponse, _Mapping]] = ..., finish: _Optional[_Union[FinishResponse, _Mapping]] = ...) -> None: ...

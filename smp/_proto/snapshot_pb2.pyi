@@ -217,6 +217,14 @@ class JobKeyRecord(_message.Message):
     digest: bytes
     def __init__(self, job_id: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
+class FinishedRecord(_message.Message):
+    __slots__ = ("job_id", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
 class ClusterRecord(_message.Message):
     __slots__ = ("job_id", "node", "num_nodes", "group_size", "parity", "placement", "addresses", "secret", "has_committed", "committed", "sent")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -225,3 +225,31 @@ def test_an_smp_that_cannot_start_is_reported_with_its_log(node: Node, workdir: 
     assert "exited before serving" in text and str(node.smp_log) in text
     assert "memory-limit" in text.lower() or "memory limit" in text.lower(), text
     assert not os.path.exists(node.socket)
+
+
+def test_a_finished_job_is_refused_until_fresh(node: Node, workdir: Path) -> None:
+    """examples/train.py closes with finished=True: the same command again would train nothing,
+    so `smp launch` refuses it and says how to start over; --fresh trains from step 0."""
+    pytest.importorskip("torchdata")
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "train.py")
+    torchrun = ["--standalone", "--nproc-per-node", "1", "--max-restarts", "0"]
+    script = [example, "--out", str(workdir / "out"), "--steps", "4"]
+    command = [*node.launch_args(), *torchrun, *script]
+    job = job_id_for(None, {}, [*torchrun, *script])
+
+    first = Launch(command, workdir / "first.log")
+    assert first.wait(180) == 0, first.output()
+    st = report.fetch_status(node.socket, 5.0)
+    done = next(j for j in st.jobs if j.job_id == job)
+    assert done.finished and done.finished_step == 3
+
+    again = Launch(command, workdir / "again.log")
+    assert again.wait(60) == 2, again.output()
+    assert f"job {job} already finished at step 3" in again.output()
+    assert "--fresh" in again.output()
+
+    fresh = Launch(["--fresh", *command], workdir / "fresh.log")
+    assert fresh.wait(180) == 0, fresh.output()
+    assert f"--fresh: forgot job {job} (finished at step 3" in fresh.output()
+    losses = (workdir / "out" / "rank0.losses.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in losses] == [0, 1, 2, 3, 0, 1, 2, 3]

@@ -18,6 +18,11 @@ def test_launch_options_come_first_then_torchrun_takes_the_rest() -> None:
     assert split_argv(["--job", "j", "--", "--socket", "x"]) == (["--job", "j"], ["--socket", "x"])
     assert split_argv(["train.py"]) == ([], ["train.py"])
     assert split_argv(["--help"]) == (["--help"], [])
+    # --fresh takes no value: the option after it is still a launch option
+    assert split_argv(["--fresh", "--job", "j", "--standalone", "t.py"]) == (
+        ["--fresh", "--job", "j"],
+        ["--standalone", "t.py"],
+    )
 
 
 @pytest.mark.parametrize(
