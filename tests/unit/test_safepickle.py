@@ -24,7 +24,7 @@ from torch.optim import lr_scheduler
 
 import ecsnap
 from ecsnap import safepickle
-from ecsnap.control import Opened
+from ecsnap.control import Opened, Steps
 from ecsnap.errors import RestoreError
 from ecsnap.flatten import FORMAT_VERSION, flatten
 from ecsnap.loader import load_into
@@ -393,7 +393,7 @@ def test_a_refused_skeleton_is_a_restore_error_for_the_user(tmp_path: Path) -> N
 
     class Client:
         def list_steps(self, rank: int) -> Any:
-            return SimpleNamespace(complete=[3], world_sizes=[1], committed=None)
+            return Steps([3], None, [1])
 
         def open_snapshot(self, rank: int, step: int, verify: bool) -> Opened:
             return Opened(0, str(arena), 64, manifest, 0.0)
