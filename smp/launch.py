@@ -346,6 +346,10 @@ def launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     )
     env[defaults.ENV_SOCKET] = socket
     env[defaults.ENV_JOB] = job
+    # torchrun's c10d rendezvous shares its store with the workers' process group, and after a
+    # restart a worker can read the previous attempt's addresses from it and wait forever
+    # (pytorch/pytorch#135712): restarts are what this launcher is for, so keep them apart.
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:

@@ -185,7 +185,8 @@ def fake_torchrun() -> str:
     """Stands in for torchrun: prints what it was given."""
     code = (
         "import json, os, sys; print(json.dumps([os.environ['ECSNAP_SOCKET'], "
-        "os.environ['ECSNAP_JOB'], sys.argv[1:]]))"
+        "os.environ['ECSNAP_JOB'], sys.argv[1:], "
+        "os.environ.get('TORCH_DISABLE_SHARE_RDZV_TCP_STORE')]))"
     )
     return shlex.join([sys.executable, "-c", code])
 
@@ -200,9 +201,10 @@ def test_concurrent_launches_start_one_smp_and_status_stop_work(node: Node, work
     assert sum(f"started SMP pid {st.pid}" in o for o in outputs) == 1, outputs
     assert sum(f"reusing SMP pid {st.pid}" in o for o in outputs) == 1, outputs
     for i, o in enumerate(outputs):
-        socket, job, argv = json.loads(o.strip().splitlines()[-1])
+        socket, job, argv, unshared = json.loads(o.strip().splitlines()[-1])
         assert socket == node.socket and job.startswith("t-")
         assert argv == ["--nproc-per-node", "2", "t.py", "--seed", str(i)]
+        assert unshared == "1"  # restarted workers never read the last attempt's addresses
 
     status = smp_cli("status", "--socket", node.socket)
     assert status.returncode == 0 and "(health: SERVING)" in status.stdout, status
