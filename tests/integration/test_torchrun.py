@@ -27,6 +27,16 @@ EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "train.py")
 STEPS, KILL_AT = 24, 14
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 def two_agents(
     cluster: LocalCluster, out: Path, job: str, script: list[str], timeout: float = 150
 ) -> list[str]:
@@ -60,9 +70,10 @@ def two_agents(
     try:
         codes = [a.wait(timeout) for a in agents]
     finally:
-        for a in agents:  # the agent and its workers: none may outlive the test
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(a.pid, signal.SIGKILL)
+        for a in agents:  # the agent and its workers (sessions of their own): none may linger
+            for pid in [*children(a.pid), a.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             a.wait(10)
     outputs = [log.read_text(errors="replace") for log in logs]
     assert codes == [0, 0], "\n".join(o[-5000:] for o in outputs)
