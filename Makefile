@@ -11,11 +11,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The framework integrations' extras are installed against constraints.txt (torch pinned), so
-# their tests run in `make test` without pulling another torch.
+# The framework integrations' extras are installed with torch constrained to $(TORCH) (the
+# committed constraints.txt says the same for users' own installs), so their tests run in
+# `make test` without pulling another torch.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[torch,isal,dev,bench,huggingface,lightning,data]"
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[torch,isal,dev,bench,huggingface,lightning,data]"
 	touch $@
 
 setup: $(VENV)/.installed
