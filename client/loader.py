@@ -18,7 +18,7 @@ that shared storage when saved share it again, and an `nn.Parameter` comes back 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from ecsnap.rng import RNGState
 from ecsnap.saved import Saved
 
 _SHOWN = 8  # problems listed in one error
+T = TypeVar("T")
 
 
 def _writable(t: torch.Tensor) -> bool:
@@ -40,16 +41,21 @@ def _writable(t: torch.Tensor) -> bool:
     return not local.is_inference() and torch._debug_has_internal_overlap(local) == 0
 
 
-def tensors_in(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a value: itself, or inside nested mappings, lists and tuples."""
-    if isinstance(value, torch.Tensor):
+def instances_in(value: Any, cls: type[T]) -> Iterator[T]:
+    """Every `cls` in a value: itself, or inside nested mappings, lists and tuples."""
+    if isinstance(value, cls):
         yield value
     elif isinstance(value, Mapping):
         for v in value.values():
-            yield from tensors_in(v)
+            yield from instances_in(v, cls)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from tensors_in(v)
+            yield from instances_in(v, cls)
+
+
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a value: itself, or inside nested mappings, lists and tuples."""
+    return instances_in(value, torch.Tensor)
 
 
 class Reshard(Protocol):

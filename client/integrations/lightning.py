@@ -29,13 +29,13 @@ Lightning 2.x.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from ecsnap.integrations.held import Held
+from ecsnap.loader import instances_in
 from ecsnap.rng import RNGState
 from ecsnap.snapshotter import Snapshotter
 
@@ -54,17 +54,6 @@ class _Checkpoint:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.checkpoint = state
-
-
-def _loaders(value: Any) -> Iterator[DataLoader[Any]]:
-    if isinstance(value, DataLoader):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _loaders(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _loaders(v)
 
 
 def _version() -> str:
@@ -121,7 +110,7 @@ class EcsnapCheckpoint(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._rng is None:
             return
-        for loader in _loaders(trainer.train_dataloader):
+        for loader in instances_in(trainer.train_dataloader, DataLoader):
             if hasattr(loader, "state_dict"):
                 loader.state_dict()  # its iterator exists (restored position) before the RNGs
         RNGState().load_state_dict(self._rng.take())
