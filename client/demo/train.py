@@ -94,12 +94,8 @@ class _Trainer:
         optim = torch.optim.Adam([*model.parameters(), shard], lr=1e-3)
         data = DataCursor(seed=7, rank=rank, batch=16, features=32)
         if world > 1:
-            # DDP re-buckets gradients after its first backward, and with more than two ranks the
-            # bucket layout changes the summation order of gloo's all-reduce: a job resumed mid-run
-            # would differ in the last bits from one that never stopped. A throwaway backward
-            # fixes the layout before the first real step (training state is untouched).
-            net(torch.zeros(1, 32)).sum().mul(0).backward()
-            model.zero_grad(set_to_none=True)
+            # DDP's buckets take their final layout now, so a resumed run sums as this one does.
+            ecsnap.settle_ddp(net, torch.zeros(1, 32))
         torch.manual_seed(99 + rank)  # per-rank dropout stream
         return cls(model, shard, net, optim, data)
 
