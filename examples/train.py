@@ -73,6 +73,7 @@ def main() -> None:
     final = {"model": model.state_dict(), "optim": optim.state_dict()}
     torch.save(final, out / f"rank{rank}.final.pt")
     if world > 1:
+        del net  # DDP first: a process group left to DDP's reducer at exit can deadlock in gloo
         dist.destroy_process_group()
 
 
