@@ -27,8 +27,7 @@ class Pins:
 
     def _smp(self) -> ControlClient:
         if self._client is None:
-            s = self._session
-            self._client = ControlClient(s.socket, s.job_id, s.timeout, job_key=s.job_key)
+            self._client = self._session.side_client()
         return self._client
 
     def pin(self, step: int) -> None:

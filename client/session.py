@@ -86,6 +86,11 @@ class Session:
     def rank(self) -> int:
         return self.env.rank
 
+    def side_client(self) -> ControlClient:
+        """A control client of its own (its own socket, on the job's key) for a thread other
+        than the training thread's: pins, the durable tier's rounds."""
+        return ControlClient(self.socket, self.job_id, self.timeout, job_key=self.job_key)
+
     # -- registration ---------------------------------------------------------------------------
 
     def _register(self) -> SMPInfo:

@@ -150,8 +150,7 @@ class Persister:
         if self._thread is not None:
             return
         s = self._session
-        client = ControlClient(s.socket, s.job_id, s.timeout, job_key=s.job_key)
-        self._ranks = _Ranks(client, s.env, s.layout, JobGroup.dedicated())
+        self._ranks = _Ranks(s.side_client(), s.env, s.layout, JobGroup.dedicated())
         self._thread = threading.Thread(target=self._run, name="ecsnap-persist", daemon=True)
         self._thread.start()
 

@@ -106,14 +106,16 @@ class EcsnapCallback(TrainerCallback):
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self._due == "log":
-            self._due = ""
-            self._save(state)
+        self._save_after("log", state)
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self._due == "evaluate":
+        self._save_after("evaluate", state)
+
+    def _save_after(self, event: str, state: TrainerState) -> None:
+        """The step's save, if it waited for `event`."""
+        if self._due == event:
             self._due = ""
             self._save(state)
 
